@@ -1,0 +1,38 @@
+# Two commands matter: `make demo` (set up, then run the smoke reproduction) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export PYTHONHASHSEED ?= 0
+
+.PHONY: setup demo test test-fast bench lab clean-reports
+
+setup: $(STAMP)
+
+$(STAMP): environment.yml pyproject.toml tools/pip_requirements.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(PYTHON) tools/pip_requirements.py environment.yml > $(VENV)/requirements.txt
+	$(BIN)/python -m pip install --quiet -r $(VENV)/requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/ssvp demo --profile smoke
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python bench/metrics.py
+	$(BIN)/python bench/infer.py
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+clean-reports:
+	rm -rf reports/smoke

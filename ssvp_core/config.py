@@ -1,0 +1,211 @@
+"""Configuration as dataclasses, with the `paper` and `smoke` presets held as data (ssvp_core/configs/*.yaml).
+
+Resolution order for a run: dataclass defaults (the paper's settings) <- the method's own training defaults
+(e.g. ViP2-CLIP trains 10 epochs) <- the preset's `train`/`eval`/`backbone` sections <- the preset's per-method
+section <- command-line overrides (`key.sub=value`). Unknown keys are errors, never silently ignored.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ClipConfig:
+    """Frozen CLIP (open_clip). `layers` are 1-based transformer block outputs (SSVP.md §2.1)."""
+
+    model: str = "ViT-L-14-336-quickgelu"  # OpenAI weights need QuickGELU
+    pretrained: str = "openai"  # hub tag | file (.bin/.pth/.safetensors/OpenAI .pt) | folder | "none" (random init)
+    image_size: int = 518  # 37x37 grid; position embedding interpolated from 24x24
+    layers: tuple[int, ...] = (6, 12, 18, 24)
+
+
+@dataclass
+class DinoConfig:
+    """Frozen auxiliary ViT (timm): DINOv3 by default. `layers` are 0-based block indices (SSVP.md §11 #2)."""
+
+    model: str = "vit_large_patch16_dinov3"
+    pretrained: str = "lvd1689m"  # timm tag | file | folder | "none"
+    image_size: int = 592  # 37x37 grid with 16-px patches
+    layers: tuple[int, ...] = (3, 6, 9, 11)
+    norm: bool = True  # final norm applied to every tap (get_intermediate_layers(norm=True))
+    kwargs: dict = field(default_factory=dict)  # extra timm.create_model arguments (tiny test models)
+
+
+@dataclass
+class BackboneConfig:
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    dino: DinoConfig = field(default_factory=DinoConfig)
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "visa"  # auxiliary dataset; its test split is the training data (SSVP.md §11 #15)
+    root: str = "data/visa"
+    classes: list[str] = field(default_factory=list)  # empty = all
+    epochs: int = 15
+    batch_size: int = 8
+    lr_prompt: float = 5e-4  # learnable prompt embeddings
+    lr_head: float = 1e-4  # everything else trainable
+    optimizer: str = "adam"  # adam | adamw
+    betas: tuple[float, float] = (0.5, 0.999)  # Bayes-PFL (SSVP.md §11 #16)
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine | constant
+    warmup_frac: float = 0.1
+    seed: int = 111
+    num_workers: int = 0
+    grad_clip: float = 0.0  # 0 = off
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = end of each epoch only)
+    grad_checkpointing: bool = False  # for methods that backprop through a backbone (DAPO)
+
+
+@dataclass
+class DatasetRef:
+    name: str
+    root: str
+    classes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalConfig:
+    datasets: list[DatasetRef] = field(default_factory=lambda: [DatasetRef("mvtec", "data/mvtec")])
+    sigma: float = 4.0  # Gaussian smoothing of maps at test (SSVP.md §11 #17); 0 = off
+    fpr_limit: float = 0.3
+    aupro: tuple[str, ...] = ("exact", "legacy_cflow200")
+    batch_size: int = 8
+    num_workers: int = 0
+    seed: int = 333
+    store_maps: bool = False
+
+
+@dataclass
+class RunConfig:
+    profile: str = "paper"
+    method: str = "ssvp"
+    options: dict = field(default_factory=dict)  # method-specific options, validated by the method's dataclass
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    image_size: int = 518  # resolution of masks and anomaly maps, in training and for the metrics
+    device: str = "auto"
+    out_dir: str = "runs"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes a trained model (not evaluation, device or output settings)."""
+        d = self.to_dict()
+        for key in ("eval", "device", "out_dir", "profile"):
+            d.pop(key)
+        for key in ("num_workers", "checkpoint_every"):
+            d["train"].pop(key)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def from_dict(cls, data: dict | None, where: str = "config"):
+    """Build dataclass `cls` from a dict, recursing into nested dataclasses; unknown keys raise ConfigError."""
+    if data is None:
+        return cls()
+    if dataclasses.is_dataclass(data):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    kwargs = {}
+    hints = _type_hints(cls)
+    for name, value in data.items():
+        t = hints.get(name)
+        if name == "datasets" and cls is EvalConfig:
+            kwargs[name] = [from_dict(DatasetRef, v, f"{where}.datasets") for v in value]
+        elif dataclasses.is_dataclass(t):
+            kwargs[name] = from_dict(t, value, f"{where}.{name}")
+        elif isinstance(value, list) and typing.get_origin(t) is tuple:
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _type_hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (update or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options":
+            out[k] = deep_merge(out[k], v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """`train.epochs=3` -> {"train": {"epochs": 3}} (values parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    out: dict = {}
+    cur = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def load_preset(profile: str) -> dict:
+    path = Path(profile)
+    if not path.suffix:
+        path = PRESET_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"no preset {profile!r} ({path}); known presets: {known}, or pass a YAML file path")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    data.setdefault("profile", path.stem)
+    return data
+
+
+def load_config(profile: str = "paper", method: str = "ssvp", overrides: list[str] | None = None,
+                extra: dict | None = None) -> RunConfig:
+    """Resolve a run configuration (see the module docstring for the order)."""
+    from .methods import method_spec  # late import: methods import config
+
+    preset = load_preset(profile)
+    spec = method_spec(method)
+    merged: dict = {"profile": preset.get("profile", profile), "method": method}
+    merged = deep_merge(merged, {"train": spec.train_defaults, "eval": spec.eval_defaults})
+    for section in ("backbone", "train", "eval", "device", "out_dir", "image_size"):
+        if section in preset:
+            merged = deep_merge(merged, {section: preset[section]})
+    per_method = (preset.get("methods") or {}).get(method) or {}
+    merged = deep_merge(merged, per_method)
+    if extra:
+        merged = deep_merge(merged, extra)
+    for o in overrides or []:
+        merged = deep_merge(merged, parse_override(o))
+    cfg = from_dict(RunConfig, merged, f"config[{profile}/{method}]")
+    spec.options_from(cfg.options)  # validate now, not deep inside model construction
+    return cfg

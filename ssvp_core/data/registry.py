@@ -1,0 +1,81 @@
+"""Benchmark names -> readers, plus the class names used in prompts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+from .meta import scan_meta
+from .mvtec import scan_mvtec_layout
+from .records import Sample, ScanResult, raise_if_problems, require_nonempty
+from .surface import scan_dagm, scan_ksdd2, scan_rsdd
+from .visa import scan_visa
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    title: str
+    scan: Callable[..., ScanResult]
+    source: str
+
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
+    Benchmark("mvtec", "MVTec-AD", scan_mvtec_layout, "https://www.mvtec.com/company/research/datasets/mvtec-ad"),
+    Benchmark("visa", "VisA", scan_visa, "https://github.com/amazon-science/spot-diff (VisA_20220922.tar + split_csv/1cls.csv)"),
+    Benchmark("btad", "BTAD", partial(scan_mvtec_layout, normal_dir="ok", mask_suffixes=("", "_mask")), "btad.zip -> BTech_Dataset_transformed"),
+    Benchmark("mpdd", "MPDD", scan_mvtec_layout, "https://github.com/stepanje/MPDD"),
+    Benchmark("dtd", "DTD-Synthetic", scan_mvtec_layout, "Google-Drive link in the AnomalyCLIP README"),
+    Benchmark("ksdd2", "KolektorSDD2", scan_ksdd2, "https://www.vicos.si/resources/kolektorsdd2/ (or Bayes-PFL DATA_three)"),
+    Benchmark("rsdd", "RSDD", scan_rsdd, "RSDDs (Type-I/II) (or Bayes-PFL DATA_three)"),
+    Benchmark("dagm", "DAGM 2007", scan_dagm, "Kaggle 'DAGM 2007 competition dataset' (or Bayes-PFL DATA_three)"),
+    Benchmark("meta", "any dataset with an AnomalyCLIP-style meta.json", scan_meta, "meta.json at the root"),
+    Benchmark("synth-a", "synthetic benchmark, class set A", scan_mvtec_layout, "`ssvp data synth`"),
+    Benchmark("synth-b", "synthetic benchmark, class set B", scan_mvtec_layout, "`ssvp data synth`"),
+]}
+
+
+def benchmark(name: str) -> Benchmark:
+    key = name.lower()
+    if key not in BENCHMARKS:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[key]
+
+
+def scan_dataset(name: str, root: str | Path, split: str = "test") -> ScanResult:
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"dataset root {root} does not exist. Download {benchmark(name).title} there (data/README.md) or pass the right path.")
+    return benchmark(name).scan(root, split=split, dataset=name.lower())
+
+
+def read_dataset(name: str, root: str | Path, split: str = "test", classes: list[str] | None = None) -> list[Sample]:
+    """All samples of one split, ordered by class; raises DataError listing every layout problem."""
+    root = Path(root)
+    samples = raise_if_problems(scan_dataset(name, root, split), name, root)
+    if classes:
+        unknown = sorted(set(classes) - {s.cls for s in samples})
+        if unknown:
+            raise DataError(f"dataset {name!r} at {root} has no classes {unknown}; it has {sorted({s.cls for s in samples})}")
+        samples = [s for s in samples if s.cls in classes]
+    order = {c: i for i, c in enumerate(dict.fromkeys(s.cls for s in samples))}
+    return require_nonempty(sorted(samples, key=lambda s: order[s.cls]), name, root)
+
+
+# Names used inside text prompts (Bayes-PFL's mapping), lower-case; any other class: underscores -> spaces.
+PROMPT_NAMES = {
+    "macaroni1": "macaroni", "macaroni2": "macaroni",
+    "pcb1": "printed circuit board", "pcb2": "printed circuit board",
+    "pcb3": "printed circuit board", "pcb4": "printed circuit board",
+    "pipe_fryum": "pipe fryum", "chewinggum": "chewing gum", "metal_nut": "metal nut",
+    "01": "object", "02": "object", "03": "object",
+}
+
+
+def prompt_name(cls: str) -> str:
+    if cls in PROMPT_NAMES:
+        return PROMPT_NAMES[cls]
+    name = cls.replace("_", " ").replace("-", " ").strip().lower()
+    return "".join(ch for ch in name if not ch.isdigit()).strip() or "object"

@@ -1,0 +1,128 @@
+"""Single-product surface-inspection sets in their published layouts: KolektorSDD2, RSDD and DAGM 2007.
+
+SSVP (like Bayes-PFL) evaluates the post-processed copies of these sets (Bayes-PFL DATA_three: random crops,
+balanced normals). Those copies use the MVTec-style layout and are read by `mvtec.scan_mvtec_layout`; each scanner
+below falls back to it when the published layout is not found, so either form works under the same name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .images import list_images
+from .mvtec import class_dirs, scan_mvtec_layout
+from .records import NORMAL, Sample, ScanResult
+
+
+def _mask_is_empty(mask: Path, result: ScanResult) -> bool | None:
+    try:
+        with Image.open(mask) as im:
+            return not np.asarray(im).any()
+    except Exception as e:  # reported, not raised: verify lists everything at once
+        result.add("unreadable-mask", mask, f"cannot decode mask ({e}); replace it with an intact copy")
+        return None
+
+
+def scan_ksdd2(root: Path, split: str = "test", dataset: str = "ksdd2") -> ScanResult:
+    """KolektorSDD2: <root>/{train,test}/NNNNN.png with NNNNN_GT.png (all-zero GT = normal); one class."""
+    root = Path(root)
+    split_dir = root / split
+    if not (split_dir.is_dir() and any(p.stem.endswith("_GT") for p in list_images(split_dir))):
+        if class_dirs(root):
+            return scan_mvtec_layout(root, split, dataset)
+        result = ScanResult()
+        result.add("layout", root, "expected KolektorSDD2 (<root>/{train,test}/NNNNN.png + NNNNN_GT.png) or the MVTec-style processed copy")
+        return result
+    result = ScanResult()
+    images = [p for p in list_images(split_dir) if not p.stem.endswith("_GT")]
+    stems = {p.stem for p in images}
+    for img in images:
+        gt = next((c for c in (split_dir / f"{img.stem}_GT.png", split_dir / f"{img.stem}_GT{img.suffix}") if c.is_file()), None)
+        if gt is None:
+            result.add("missing-mask", img, f"no {img.stem}_GT.png beside it; restore it from KolektorSDD2")
+            continue
+        empty = _mask_is_empty(gt, result)
+        if empty is None:
+            continue
+        result.samples.append(Sample(img, None if empty else gt, "ksdd2", 0 if empty else 1, NORMAL if empty else "defect", dataset))
+    for gt in list_images(split_dir):
+        if gt.stem.endswith("_GT") and gt.stem[:-3] not in stems:
+            result.add("orphan-mask", gt, "GT without image; delete it or restore the image")
+    if not result.samples and not result.problems:
+        result.add("empty-class", split_dir, "no images")
+    return result
+
+
+RSDD_TYPES = {"Type-I RSDDs dataset": "type-i", "Type-II RSDDs dataset": "type-ii"}
+
+
+def scan_rsdd(root: Path, split: str = "test", dataset: str = "rsdd") -> ScanResult:
+    """RSDD: <root>/Type-{I,II} RSDDs dataset/{Rail surface images,GroundTruth}/<same file name>.
+
+    Every published image contains a defect; the split argument is ignored for this layout (all images are test).
+    """
+    root = Path(root)
+    present = [(root / d, cls) for d, cls in RSDD_TYPES.items() if (root / d).is_dir()]
+    if not present:
+        if class_dirs(root):
+            return scan_mvtec_layout(root, split, dataset)
+        result = ScanResult()
+        result.add("layout", root, "expected 'Type-I RSDDs dataset/' and/or 'Type-II RSDDs dataset/' or the MVTec-style processed copy")
+        return result
+    result = ScanResult()
+    if split != "test":
+        return result
+    for tdir, cls in present:
+        img_dir, gt_dir = tdir / "Rail surface images", tdir / "GroundTruth"
+        gts = {p.stem: p for p in list_images(gt_dir)}
+        images = list_images(img_dir)
+        for img in images:
+            gt = gts.get(img.stem)
+            if gt is None:
+                result.add("missing-mask", img, f"no GroundTruth/{img.stem}.* ; restore it from RSDD")
+                continue
+            empty = _mask_is_empty(gt, result)
+            if empty is None:
+                continue
+            result.samples.append(Sample(img, None if empty else gt, cls, 0 if empty else 1, NORMAL if empty else "defect", dataset))
+        stems = {p.stem for p in images}
+        for stem, gt in gts.items():
+            if stem not in stems:
+                result.add("orphan-mask", gt, "GroundTruth without image; delete it or restore the image")
+        if not images:
+            result.add("empty-class", img_dir, f"class {cls!r} has no images")
+    return result
+
+
+def scan_dagm(root: Path, split: str = "test", dataset: str = "dagm") -> ScanResult:
+    """DAGM 2007 (Kaggle upload): <root>/ClassN/{Train,Test}/NNNN.PNG + Label/NNNN_label.PNG for defective images."""
+    root = Path(root)
+    classes = sorted(d for d in root.glob("Class*") if d.is_dir()) if root.is_dir() else []
+    if not classes:
+        if class_dirs(root):
+            return scan_mvtec_layout(root, split, dataset)
+        result = ScanResult()
+        result.add("layout", root, "expected DAGM ClassN/{Train,Test}/ folders (Kaggle upload) or the MVTec-style processed copy")
+        return result
+    result = ScanResult()
+    sub = "Test" if split == "test" else "Train"
+    for cdir in classes:
+        sdir = cdir / sub
+        label_dir = sdir / "Label"
+        images = list_images(sdir)
+        labels = {p.stem[: -len("_label")]: p for p in list_images(label_dir) if p.stem.endswith("_label")}
+        for img in images:
+            lab = labels.get(img.stem)
+            if lab is None:
+                result.samples.append(Sample(img, None, cdir.name, 0, NORMAL, dataset))
+            else:
+                result.samples.append(Sample(img, lab, cdir.name, 1, "defect", dataset))
+        stems = {p.stem for p in images}
+        for stem, lab in labels.items():
+            if stem not in stems:
+                result.add("orphan-mask", lab, "label without image; delete it or restore the image")
+        if not images:
+            result.add("empty-class", sdir, f"class {cdir.name!r} has no images in {sub}/")
+    return result

@@ -1,0 +1,172 @@
+"""Inference and per-class evaluation.
+
+Samples are read in class order and metrics are computed as soon as a class is complete, so memory is bounded by
+one class. Maps are upsampled by the method to the run's image size; here they are smoothed with a Gaussian
+(sigma from the config; SSVP.md §11 #17) before the metrics, as every peer does at test time.
+Under torchrun each rank scores an interleaved shard; rank 0 merges the shards class by class.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import ndimage
+from tqdm import tqdm
+
+from ..config import DatasetRef, RunConfig
+from ..data.loader import AnomalyDataset
+from ..data.records import Sample
+from ..data.registry import read_dataset
+from ..metrics import evaluate_class, results_frame
+from .runtime import DistInfo, barrier, dist_info, resolve_device, seed_everything
+
+
+@dataclass
+class EvalResult:
+    metrics: pd.DataFrame  # long format: dataset, cls, method, metric, value, n_classes
+    samples: pd.DataFrame  # one row per image: dataset, cls, path, label, defect, score
+    maps: dict[int, np.ndarray] = field(default_factory=dict)  # sample index -> smoothed map (kept samples only)
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 0:
+        return maps
+    return np.stack([ndimage.gaussian_filter(m, sigma=sigma) for m in maps]).astype(np.float32)
+
+
+def _batches(detector, samples: list[Sample], cfg: RunConfig, device: torch.device, progress: bool, desc: str):
+    dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
+                                         num_workers=cfg.eval.num_workers, collate_fn=collate)
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        batch = to_device(batch, device)
+        with torch.inference_mode():
+            out = detector(batch)
+        yield batch, out
+
+
+def collate(items: list[dict]) -> dict:
+    batch = torch.utils.data.default_collate([{k: v for k, v in it.items() if k not in ("cls", "defect")} for it in items])
+    batch["cls"] = [it["cls"] for it in items]
+    batch["defect"] = [it["defect"] for it in items]
+    return batch
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            out[k] = v.to(device, non_blocking=True)
+        elif isinstance(v, dict):
+            out[k] = {kk: vv.to(device, non_blocking=True) for kk, vv in v.items()}
+        else:
+            out[k] = v
+    return out
+
+
+class _ClassBuffer:
+    def __init__(self):
+        self.index: list[int] = []
+        self.scores: list[float] = []
+        self.maps: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+        self.labels: list[int] = []
+
+
+def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, progress: bool = True,
+             device: torch.device | None = None, hooks: list | None = None) -> EvalResult:
+    """Score every test image of `dataset` and compute the per-class metrics table.
+
+    keep_maps: keep the smoothed maps (and masks) of the first `keep_maps` anomalous and one normal image per
+    class, for figures. hooks: objects with `add(cls, samples, maps, masks, outputs)` and `result() -> dict`,
+    called per class (multi-type evaluation uses this).
+    """
+    info = dist_info()
+    device = device or resolve_device(cfg.device, info.local_rank)
+    detector = detector.to(device).eval()
+    seed_everything(cfg.eval.seed)
+    samples = read_dataset(dataset.name, dataset.root, "test", dataset.classes or None)
+    shard = [i for i in range(len(samples)) if i % info.world == info.rank]
+    buffers: dict[str, _ClassBuffer] = {}
+    aux_store: dict[int, dict] = {}
+    wants_aux = bool(hooks)
+    for_batches = _batches(detector, [samples[i] for i in shard], cfg, device, progress and info.main,
+                           f"eval {detector.name} on {dataset.name}")
+    pos = 0
+    for batch, out in for_batches:
+        maps = smooth(out.anomaly_map.float().cpu().numpy(), cfg.eval.sigma)
+        scores = out.score.float().cpu().numpy()
+        masks = batch["mask"].cpu().numpy() > 0.5
+        for j in range(len(scores)):
+            idx = shard[pos + j]
+            s = samples[idx]
+            buf = buffers.setdefault(s.cls, _ClassBuffer())
+            buf.index.append(idx)
+            buf.scores.append(float(scores[j]))
+            buf.maps.append(maps[j])
+            buf.masks.append(masks[j])
+            buf.labels.append(s.label)
+            if wants_aux:
+                aux_store[idx] = {k: (v[j].float().cpu() if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in out.aux.items()
+                                  if k in getattr(detector, "eval_aux_keys", ())}
+        pos += len(scores)
+    if info.enabled:
+        buffers = _merge_shards(buffers, info)
+        if not info.main:
+            return EvalResult(pd.DataFrame(), pd.DataFrame())
+    per_class, kept_maps, kept_masks = {}, {}, {}
+    rows = []
+    for cls in dict.fromkeys(s.cls for s in samples):
+        buf = buffers[cls]
+        order = np.argsort(buf.index)
+        idxs = [buf.index[i] for i in order]
+        scores = np.array([buf.scores[i] for i in order], dtype=np.float64)
+        labels = np.array([buf.labels[i] for i in order])
+        maps = np.stack([buf.maps[i] for i in order])
+        masks = np.stack([buf.masks[i] for i in order])
+        per_class[cls] = evaluate_class(scores, labels, maps, masks, cfg.eval.fpr_limit, tuple(cfg.eval.aupro), cls=cls)
+        for h in hooks or []:
+            h.add(cls, [samples[i] for i in idxs], maps, masks, [aux_store.get(i, {}) for i in idxs])
+        kept = [i for i, l in zip(range(len(idxs)), labels) if l == 1][:keep_maps]
+        kept += [i for i, l in zip(range(len(idxs)), labels) if l == 0][: 1 if keep_maps else 0]
+        for k in kept:
+            kept_maps[idxs[k]] = maps[k].astype(np.float16)
+            kept_masks[idxs[k]] = masks[k]
+        for i, sc in zip(idxs, scores):
+            s = samples[i]
+            rows.append((dataset.name, s.cls, str(s.image), s.label, s.defect, sc, i))
+        buffers.pop(cls)
+    frame = results_frame(per_class, dataset.name, detector.name)
+    sample_frame = pd.DataFrame(rows, columns=["dataset", "cls", "path", "label", "defect", "score", "index"])
+    extra = {type(h).__name__: h.result() for h in hooks or []}
+    return EvalResult(frame, sample_frame, kept_maps, kept_masks, extra)
+
+
+def _merge_shards(buffers: dict[str, _ClassBuffer], info: DistInfo) -> dict[str, _ClassBuffer]:
+    """Gather every rank's per-class buffers on rank 0 through files in a shared temp folder."""
+    import torch.distributed as dist
+
+    folder = [tempfile.mkdtemp(prefix="ssvp-eval-") if info.main else None]
+    dist.broadcast_object_list(folder, src=0)
+    path = Path(folder[0])
+    torch.save({c: vars(b) for c, b in buffers.items()}, path / f"shard{info.rank}.pt")
+    barrier(info)
+    merged: dict[str, _ClassBuffer] = {}
+    if info.main:
+        for r in range(info.world):
+            part = torch.load(path / f"shard{r}.pt", weights_only=False)
+            for cls, fields_ in part.items():
+                buf = merged.setdefault(cls, _ClassBuffer())
+                for name, values in fields_.items():
+                    getattr(buf, name).extend(values)
+    barrier(info)
+    if info.main:
+        shutil.rmtree(path, ignore_errors=True)
+    return merged

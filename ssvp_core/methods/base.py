@@ -1,0 +1,130 @@
+"""The Detector interface every method implements, and the pieces all of them share."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import BackboneConfig, TrainConfig
+from ..data.registry import prompt_name
+
+
+@dataclass
+class Output:
+    """What a detector returns for a batch.
+
+    anomaly_map: (B, H, W) pixel scores at the run's image size, before test-time smoothing (the engine smooths).
+    score: (B,) image anomaly scores.
+    aux: whatever the method's loss or the figures need (per-layer maps, prompt embeddings, ...).
+    """
+
+    anomaly_map: torch.Tensor
+    score: torch.Tensor
+    aux: dict[str, Any] = field(default_factory=dict)
+
+
+class Detector(nn.Module):
+    """A zero-shot anomaly detector: frozen backbones plus (optionally) trainable heads.
+
+    Subclasses set `name`, `Options` (a dataclass of method options; every ambiguity of the paper is a field whose
+    default is the recommended choice), and implement `forward(batch) -> Output` and, if trainable,
+    `loss(output, batch) -> {"total": ..., parts...}`.
+    """
+
+    name: ClassVar[str] = "detector"
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, options: Any, backbone: BackboneConfig, image_size: int):
+        super().__init__()
+        self.options = options
+        self.backbone_cfg = backbone
+        self.image_size = int(image_size)
+
+    # --- data needs -----------------------------------------------------------------------------------------
+    def input_sizes(self) -> list[int]:
+        """Image sizes the loader must provide (besides the run's image size)."""
+        return []
+
+    # --- training -------------------------------------------------------------------------------------------
+    def loss(self, output: Output, batch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{self.name} is training-free")
+
+    def prompt_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained at the prompt learning rate (learnable token embeddings)."""
+        return []
+
+    def temperature_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def param_groups(self, train: TrainConfig) -> list[dict]:
+        prompt_ids = {id(p) for p in self.prompt_parameters()}
+        temp_ids = {id(p) for p in self.temperature_parameters()}
+        prompts = [p for p in self.parameters() if p.requires_grad and id(p) in prompt_ids]
+        temps = [p for p in self.parameters() if p.requires_grad and id(p) in temp_ids]
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in prompt_ids | temp_ids]
+        groups = [{"params": prompts, "lr": train.lr_prompt, "name": "prompts"},
+                  {"params": rest, "lr": train.lr_head, "name": "heads"},
+                  {"params": temps, "lr": getattr(self.options, "lr_temperature", train.lr_head), "name": "temperature"}]
+        return [g for g in groups if g["params"]]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what training changes: the frozen backbones are rebuilt from their weights, never stored."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if k in names}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.trainable_state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            from ..errors import CheckpointError
+
+            raise CheckpointError(f"checkpoint does not match {self.name}: missing {missing[:5]}, unexpected {unexpected[:5]}. "
+                                  "It was trained with another method or options.")
+        self.load_state_dict(state, strict=False)
+
+    def count_parameters(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"total": total, "trainable": trainable}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.frozen_modules():
+            m.eval()
+        return self
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return []
+
+
+def class_prompt_names(batch: dict) -> list[str]:
+    return [prompt_name(c) for c in batch["cls"]]
+
+
+def upsample(maps: torch.Tensor, size: int, align_corners: bool = True) -> torch.Tensor:
+    """(B, h, w) or (B, C, h, w) -> size x size, bilinear (Bayes-PFL / DAPO use align_corners=True)."""
+    squeeze = maps.dim() == 3
+    x = maps.unsqueeze(1) if squeeze else maps
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=align_corners)
+    return x.squeeze(1) if squeeze else x
+
+
+def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, N, C) -> (B, C, h, w)."""
+    B, N, C = tokens.shape
+    return tokens.transpose(1, 2).reshape(B, C, *grid)
+
+
+def options_from(cls, data: dict | None, where: str):
+    from ..config import from_dict
+
+    return from_dict(cls, data or {}, where)
+
+
+def options_dict(options) -> dict:
+    return dataclasses.asdict(options)
