@@ -29,6 +29,7 @@ from .errors import ConfigError, WeightsError
 from .weights import resolve_clip, resolve_timm
 
 log = logging.getLogger(__name__)
+RANDOM_INIT_SEED = 0  # random backbones ("none" weights) are rebuilt identically in every process
 MODEL_CONFIG_DIR = Path(__file__).parent / "configs" / "models"
 _registered = False
 
@@ -84,7 +85,7 @@ class ClipBackbone(nn.Module):
         kwargs = dict(force_image_size=cfg.image_size)
         try:
             if src.kind == "none":
-                with _quiet("open_clip"):
+                with _quiet(), _fixed_rng():
                     model = open_clip.create_model(cfg.model, pretrained=None, **kwargs)
             elif src.path is not None:
                 model = open_clip.create_model(cfg.model, pretrained=str(src.path), weights_only=not src.torchscript, **kwargs)
@@ -220,7 +221,8 @@ class AuxBackbone(nn.Module):
             kwargs.setdefault("img_size", cfg.image_size)
         try:
             if src.kind == "none":
-                model = timm.create_model(cfg.model, pretrained=False, **kwargs)
+                with _fixed_rng():
+                    model = timm.create_model(cfg.model, pretrained=False, **kwargs)
             elif src.path is not None:
                 with _quiet_stdout():
                     model = timm.create_model(cfg.model, pretrained=True, pretrained_cfg_overlay={"file": str(src.path)}, **kwargs)
@@ -261,8 +263,18 @@ class AuxBackbone(nn.Module):
 
 
 @contextlib.contextmanager
-def _quiet(logger_name: str):
-    logger = logging.getLogger(logger_name)
+def _fixed_rng():
+    """Random initialisation from a fixed seed, without disturbing the caller's random stream: a checkpoint stores
+    only the trained heads, so the same random backbone must come back in every process."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        yield
+
+
+@contextlib.contextmanager
+def _quiet():
+    """open_clip logs 'No pretrained weights loaded' on the root logger for deliberate random initialisation."""
+    logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:

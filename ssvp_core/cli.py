@@ -92,6 +92,92 @@ def cmd_data_meta(args) -> int:
     return 0
 
 
+def _run_config(args):
+    from .config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "train_on", None):
+        overrides += _dataset_override("train", args.train_on, args.profile)
+    if getattr(args, "eval_on", None):
+        overrides += _dataset_override("eval", args.eval_on, args.profile)
+    return load_config(args.profile, args.method, overrides)
+
+
+def _dataset_override(section: str, names: list[str] | str, profile: str) -> list[str]:
+    """`--train-on mvtec` / `--eval-on visa btad` resolved through the preset's dataset roots (NAME or NAME=ROOT)."""
+    from .config import load_preset
+
+    roots = load_preset(profile).get("datasets") or {}
+    refs = []
+    for item in ([names] if isinstance(names, str) else names):
+        name, _, root = item.partition("=")
+        root = root or roots.get(name) or f"data/{name}"
+        refs.append((name, root))
+    if section == "train":
+        (name, root), = refs
+        return [f"train.dataset={name}", f"train.root={root}"]
+    return ["eval.datasets=[" + ", ".join(f"{{name: {n}, root: '{r}'}}" for n, r in refs) + "]"]
+
+
+def cmd_train(args) -> int:
+    from .engine.train import train
+
+    cfg = _run_config(args)
+    result = train(cfg, resume=not args.restart, progress=not args.quiet)
+    print(result.checkpoint)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import pandas as pd
+
+    from . import io
+    from .engine.infer import evaluate
+    from .metrics import wide
+
+    from .engine.checkpoint import CHECKPOINT_NAME
+    from .engine.train import load_trained, run_dir
+    from .methods import build_detector, method_spec
+
+    if args.checkpoint:
+        from .engine.checkpoint import load as load_checkpoint
+
+        args.method = args.method or load_checkpoint(args.checkpoint)["method"]
+        detector, cfg = load_trained(args.checkpoint, overrides=_run_config(args))
+    else:
+        if not args.method:
+            raise SSVPError("pass --method NAME (or --checkpoint FILE)")
+        cfg = _run_config(args)
+        if method_spec(cfg.method).trainable:
+            path = run_dir(cfg) / CHECKPOINT_NAME
+            if not path.is_file():
+                raise SSVPError(f"{cfg.method} needs training first: no checkpoint at {path}. "
+                                f"Run `ssvp train --method {cfg.method} --profile {cfg.profile}` or pass --checkpoint.")
+            detector, cfg = load_trained(path, overrides=cfg)
+        else:
+            detector = build_detector(cfg)
+    frames = [evaluate(detector, ds, cfg, progress=not args.quiet).metrics for ds in cfg.eval.datasets]
+    from .engine.runtime import dist_info
+
+    if not dist_info().main:
+        return 0  # rank 0 reports for the sharded run
+    table = pd.concat(frames)
+    if args.out:
+        io.write_text(Path(args.out), table.to_csv(index=False))
+    w = wide(table)
+    print(w.to_markdown(index=False, floatfmt=".4f"))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .engine.predict import predict_folder
+    from .engine.train import load_trained
+
+    detector, cfg = load_trained(args.checkpoint, device=args.device)
+    print(predict_folder(detector, cfg, args.images, args.out, class_name=args.class_name))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -104,6 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is being done")
     sub = parser.add_subparsers(dest="cmd", required=True)
     _add_data(sub)
+    for name, func, helptext in (("train", cmd_train, "train a method on the auxiliary dataset's test split"),
+                                 ("eval", cmd_eval, "evaluate a method (trained checkpoint or training-free) per class")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--method", default="ssvp" if name == "train" else None)
+        p.add_argument("--profile", default="smoke", help="preset: smoke | paper | path to a YAML file")
+        p.add_argument("--train-on", help="auxiliary dataset: NAME or NAME=ROOT (roots default to the preset's)")
+        p.add_argument("--eval-on", nargs="+", help="target datasets: NAME or NAME=ROOT ...")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.epochs=3 options.gamma=0.4")
+        p.add_argument("--quiet", action="store_true")
+        if name == "train":
+            p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint instead of resuming")
+        else:
+            p.add_argument("--checkpoint", help="checkpoint to evaluate (default: the run folder of the config)")
+            p.add_argument("--out", help="write the long-format metrics CSV here")
+        p.set_defaults(func=func)
+    p = sub.add_parser("predict", help="heat-map overlays and image scores for a folder of your own images")
+    p.add_argument("images")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--class-name", default="object", help="product name used in the text prompts")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
     p = sub.add_parser("demo", help="the main job on the embedded default (smoke profile)")
     p.add_argument("--profile", default="smoke")
     p.add_argument("--out", help="report folder (default reports/<profile>)")

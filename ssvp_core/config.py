@@ -13,6 +13,7 @@ import json
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -138,8 +139,25 @@ def from_dict(cls, data: dict | None, where: str = "config"):
         elif isinstance(value, list) and typing.get_origin(t) is tuple:
             kwargs[name] = tuple(value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _scalar(value, t, f"{where}.{name}")
     return cls(**kwargs)
+
+
+def _scalar(value: Any, t: Any, where: str) -> Any:
+    """Coerce YAML scalars to the field's type: PyYAML reads `1e-3` (no dot) as a string."""
+    if t is float and isinstance(value, (str, int)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if t is int and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if t is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _type_hints(cls) -> dict:

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from . import io
-from .data.synthetic import generate
+from .data.synthetic import GENERATOR_VERSION, generate
 
 STAMP = "synth.json"
 
@@ -18,7 +18,7 @@ def ensure_synthetic(root: str | Path, seed: int = 0, size: int = 160, **counts)
     A new generation is written beside the old one and swapped in only when complete.
     """
     root = Path(root)
-    wanted = {"seed": seed, "size": size, **counts}
+    wanted = {"generator": GENERATOR_VERSION, "seed": seed, "size": size, **counts}
     stamp = root / STAMP
     if stamp.is_file():
         try:

@@ -25,3 +25,11 @@ def synth_copy(synth_root, tmp_path) -> Path:
     dst = tmp_path / "synth"
     shutil.copytree(synth_root, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def learning_root(tmp_path_factory) -> Path:
+    """A larger synthetic benchmark for the learning tests: train on synth-a's test split, evaluate on synth-b."""
+    root = tmp_path_factory.mktemp("learn")
+    generate(root, seed=0, size=160, n_train_good=1, n_test_good=6, n_per_defect=6)
+    return root

@@ -18,7 +18,7 @@ def test_summary_and_meta_export(synth_root, tmp_path, capsys):
     assert "capsule" in capsys.readouterr().out
     out = tmp_path / "meta.json"
     assert main(["data", "meta", "synth-b", str(synth_root / "synth-b"), "--out", str(out)]) == 0
-    assert set(json.loads(out.read_text())["test"]) == {"grain", "mesh", "capsule", "bracket"}
+    assert set(json.loads(out.read_text())["test"]) == {"twill", "granite", "mesh", "capsule", "bracket"}
     assert main(["data", "meta", "synth-b", str(synth_root / "synth-b"), "--out", str(out)]) == 2  # never overwrite silently
 
 

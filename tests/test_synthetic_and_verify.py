@@ -87,3 +87,17 @@ def test_verify_names_every_planted_problem(synth_copy, capsys):
 def test_verify_clean_dataset_passes(synth_root, capsys):
     assert main(["data", "verify", "synth-b", str(synth_root / "synth-b"), "--split", "test", "--split", "train"]) == 0
     assert "no problems found" in capsys.readouterr().out
+
+
+def test_ensure_synthetic_regenerates_only_when_settings_change(tmp_path):
+    from ssvp_core.synthdata import STAMP, ensure_synthetic
+
+    kw = dict(seed=1, size=48, n_train_good=1, n_test_good=1, n_per_defect=1)
+    roots = ensure_synthetic(tmp_path / "synth", **kw)
+    first = (roots["synth-a"] / "meta.json").stat().st_mtime_ns
+    ensure_synthetic(tmp_path / "synth", **kw)
+    assert (roots["synth-a"] / "meta.json").stat().st_mtime_ns == first  # same settings: kept
+    (tmp_path / "synth" / STAMP).write_text('{"generator": 0}')  # e.g. an older generator version
+    ensure_synthetic(tmp_path / "synth", **kw)
+    assert (roots["synth-a"] / "meta.json").stat().st_mtime_ns != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]  # no temporary folders left behind

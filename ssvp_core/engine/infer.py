@@ -23,7 +23,7 @@ from ..data.loader import AnomalyDataset
 from ..data.records import Sample
 from ..data.registry import read_dataset
 from ..metrics import evaluate_class, results_frame
-from .runtime import DistInfo, barrier, dist_info, resolve_device, seed_everything
+from .runtime import DistInfo, barrier, dist_info, init_distributed, resolve_device, seed_everything
 
 
 @dataclass
@@ -90,6 +90,7 @@ def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, 
     """
     info = dist_info()
     device = device or resolve_device(cfg.device, info.local_rank)
+    init_distributed(info, device)
     detector = detector.to(device).eval()
     seed_everything(cfg.eval.seed)
     samples = read_dataset(dataset.name, dataset.root, "test", dataset.classes or None)

@@ -1,6 +1,7 @@
 """Methods behind one Detector interface, registered by name.
 
     name          paper                                                  module
+    ssvp          SSVP, arXiv 2601.09147                                 ssvp.py
     reference     (none: training-free pixel statistics, a floor)        reference.py
 """
 from __future__ import annotations
@@ -46,12 +47,22 @@ def method_spec(name: str) -> MethodSpec:
 
 def build_detector(cfg) -> Detector:
     """The detector a RunConfig describes, on CPU (the engine moves it)."""
+    import torch
+
     spec = method_spec(cfg.method)
-    return spec.cls(spec.options_from(cfg.options), cfg.backbone, cfg.image_size)
+    options = spec.options_from(cfg.options)
+    # heads are initialised from the run's seed, whatever the caller's random state (backbone construction
+    # uses its own fixed stream, so a cached backbone does not shift the heads' initialisation)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        return spec.cls(options, cfg.backbone, cfg.image_size)
 
 
 from .reference import ReferenceOptions, ReferenceScorer  # noqa: E402
+from .ssvp import SSVP, SSVPOptions  # noqa: E402
 
+register(MethodSpec("ssvp", SSVP, SSVPOptions, "SSVP (Fu et al., arXiv 2601.09147)",
+                    train_defaults={"epochs": 15, "batch_size": 8, "lr_prompt": 5e-4, "lr_head": 1e-4}))
 register(MethodSpec("reference", ReferenceScorer, ReferenceOptions, "training-free pixel statistics (no paper; a floor)"))
 
 __all__ = ["Detector", "Output", "MethodSpec", "REGISTRY", "register", "method_spec", "build_detector"]

@@ -32,7 +32,8 @@ class Detector(nn.Module):
 
     Subclasses set `name`, `Options` (a dataclass of method options; every ambiguity of the paper is a field whose
     default is the recommended choice), and implement `forward(batch) -> Output` and, if trainable,
-    `loss(output, batch) -> {"total": ..., parts...}`.
+    `loss(output, batch) -> {"total": ..., parts...}`. Every trainable module must run inside `forward` (the loss
+    only combines tensors from `Output.aux`), which DistributedDataParallel requires.
     """
 
     name: ClassVar[str] = "detector"

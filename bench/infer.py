@@ -1,0 +1,72 @@
+"""Benchmark: SSVP's trainable heads against its frozen backbones, for one image, in one run.
+
+For the tiny (smoke) and the full (paper architectures: CLIP ViT-L/14-336 at 518 px + DINOv3 ViT-L/16 at 592 px,
+random weights) configurations: time the frozen backbone pass (`encode_backbones`) and the heads on its cached
+output (`heads`: HSVS, prompts through the text encoder, VCPG, VTAM) separately, report the heads' share of the
+total and images per second. CPU, fp32, torch.inference_mode.
+
+    python bench/infer.py [--configs tiny full] [--repeats 3] [--batch 1]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+from ssvp_core.config import load_config
+from ssvp_core.methods import build_detector
+
+CONFIGS = {
+    "tiny": ("smoke", []),
+    "full": ("paper", ["backbone.clip.pretrained=none", "backbone.dino.pretrained=none", "device=cpu", "backbone.precision=fp32"]),
+}
+
+
+def fake_batch(det, n: int) -> dict:
+    size = det.image_size
+    batch = {"image": torch.rand(n, 3, size, size), "cls": ["bottle"] * n, "mask": torch.zeros(n, size, size),
+             "label": torch.zeros(n, dtype=torch.long)}
+    batch["views"] = {s: torch.rand(n, 3, s, s) for s in det.input_sizes() if s != size}
+    return batch
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", nargs="+", default=["tiny", "full"], choices=list(CONFIGS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1)
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, median of {args.repeats}")
+    print(f"{'config':<6}{'backbones s':>13}{'heads s':>10}{'total s':>10}{'heads share':>13}{'img/s':>8}{'params (trainable)':>22}")
+    for name in args.configs:
+        profile, overrides = CONFIGS[name]
+        det = build_detector(load_config(profile, "ssvp", overrides)).eval()
+        batch = fake_batch(det, args.batch)
+        with torch.inference_mode():
+            backbone = timed(lambda: det.encode_backbones(batch), args.repeats)
+            features = det.encode_backbones(batch)
+            heads = timed(lambda: det.heads(features, batch), args.repeats)
+        whole = backbone + heads
+        counts = det.count_parameters()
+        print(f"{name:<6}{backbone:>13.3f}{heads:>10.3f}{whole:>10.3f}{heads / whole:>12.1%}{args.batch / whole:>8.2f}"
+              f"{counts['total'] / 1e6:>12.1f}M ({counts['trainable'] / 1e6:.1f}M)")
+        del det
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""SSVP: Synergistic Semantic-Visual Prompting (arXiv 2601.09147), Eqs. 1-22.
+
+    HSVS  (Eqs. 1-5)   one ATF (dual-path cross-attention CLIP<->DINO, LN, concat, 2-layer GELU MLP, residual onto
+                       CLIP) per tapped layer pair, plus a global ATF on the two global tokens.
+    prompts (Eq. 6)    3 normal + 3 abnormal learnable prompts [V]_bg [V]_state [CLASS]; [V]_bg shared per pair.
+    VCPG  (Eqs. 7-12)  VAE on V_g; n reparameterised latent samples; text->latent cross-attention;
+                       T_final = LN(T_init + alpha * delta), alpha initialised to 0; margin regulariser.
+    VTAM  (Eqs. 13-19) per-layer 2-way softmax maps; AnomalyMoE: softmax global gate over layers, sigmoid 1x1
+                       local gate per layer; S_final = (1 - gamma) S_global + gamma S_local.
+    losses (Eqs. 20-22) focal (fused + per-layer maps) + BCE on S_final + lambda1 L_VAE + lambda2 L_reg.
+
+Every ambiguity of SSVP.md §11 is a field of `SSVPOptions`; the comment gives its §11 number. Ablations:
+Table 3 = `fusion` (none | concat | atf), `vcpg`, `vtam`; Table 5 = the auxiliary backbone (`backbone.dino`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..backbones import autocast_context, get_aux, get_clip, resample_tokens
+from ..data.loader import batch_view
+from ..errors import ConfigError
+from ..prompts import PromptEncoder, placeholder_template, trunc_normal
+from .base import Detector, Output, class_prompt_names, tokens_to_grid, upsample
+from .losses import binary_focal
+
+
+@dataclass
+class SSVPOptions:
+    # HSVS (Eqs. 1-5)
+    fusion: str = "atf"  # atf | concat | none (Table 3 models C / B / A)
+    clip_tap_projection: str = "frozen"  # §11 #3: frozen = ln_post then proj (768-d); learned = trainable Linear(1024 -> 768)
+    head_dim: int = 0  # §11 #4: d_head; 0 = CLIP joint width (768)
+    num_heads: int = 1  # §11 #4: single head (Eq. 3 scales by sqrt(d_head)); 8 is the multi-head alternative
+    mlp_hidden: int = 0  # §11 #4: 0 = joint width (MLP 1536 -> 768 -> 768)
+    zero_init_fusion: bool = True  # §11 #4: V_syn starts equal to the CLIP features
+    global_mode: str = "separate"  # §11 #5: separate global ATF on the two global tokens | joint ([CLS; patches] of the last pair)
+    # prompts (Eq. 6)
+    n_prompts: int = 3  # per state (3 normal + 3 abnormal)
+    bg_len: int = 5  # §11 #6
+    state_len: int = 5  # §11 #6
+    bg_sharing: str = "pair"  # §11 #6: pair (one [V]_bg per prompt index) | all (one for all six)
+    # VCPG (Eqs. 7-12)
+    vcpg: bool = True
+    vae_hidden: int = 512  # §11 #7
+    latent_dim: int = 0  # §11 #7: 0 = joint width
+    n_latent_samples: int = 5  # §11 #8: latent samples used as keys/values (1 = the literal, degenerate version)
+    eval_latent: str = "mu"  # §11 #9: mu (deterministic) | samples
+    attn_dim: int = 0  # d_k of Eq. 10; 0 = joint width
+    beta_kl: float = 0.1  # Eq. 9
+    lambda_vae: float = 1.0  # Eq. 22
+    lambda_reg: float = 0.5  # Eq. 22
+    xi: float = 0.85  # Eq. 12
+    detach_vae_target: bool = False  # let the reconstruction gradient reach V_g (end-to-end)
+    # VTAM (Eqs. 13-19)
+    vtam: bool = True
+    tau: float = 0.07  # §11 #10: initial temperature of Eq. 14 (and of the image score)
+    learnable_tau: bool = True  # §11 #10
+    lr_temperature: float = 0.01  # Bayes-PFL's learning rate for its temperatures
+    prompt_aggregation: str = "pairwise"  # §11 #11: pairwise softmax then mean | mean_embedding per state
+    gate_hidden: int = 0  # F_gate^global hidden width; 0 = joint width / 2
+    local_gate: str = "per_layer"  # §11 #20: per_layer | shared
+    local_gate_bias: float = 2.0  # §11 #20: sigmoid(2) = 0.88 at start
+    gamma: float = 0.5  # Eq. 19
+    local_score: str = "max"  # §11 #14: max (Eq. 18) | topk_mean (of the upsampled map)
+    local_topk: int = 2000
+    # losses (Eqs. 20-22)
+    seg_loss: str = "both"  # §11 #12: both (fused + per layer) | fused (Algorithm 3) | per_layer (Eq. 20)
+    focal_gamma: float = 2.0  # §11 #12
+    score_loss: str = "clamped_bce"  # §11 #13: clamped_bce | literal (BCE(sigmoid(S))) | logit_mix
+
+
+_CHOICES = {
+    "fusion": ("atf", "concat", "none"), "clip_tap_projection": ("frozen", "learned"),
+    "global_mode": ("separate", "joint"), "bg_sharing": ("pair", "all"), "eval_latent": ("mu", "samples"),
+    "prompt_aggregation": ("pairwise", "mean_embedding"), "local_gate": ("per_layer", "shared"),
+    "local_score": ("max", "topk_mean"), "seg_loss": ("both", "fused", "per_layer"),
+    "score_loss": ("clamped_bce", "literal", "logit_mix"),
+}
+
+
+def validate(options: SSVPOptions) -> None:
+    for name, allowed in _CHOICES.items():
+        if getattr(options, name) not in allowed:
+            raise ConfigError(f"ssvp option {name}={getattr(options, name)!r}: choose one of {allowed}")
+    if options.n_latent_samples < 1:
+        raise ConfigError("ssvp option n_latent_samples must be >= 1")
+
+
+class ATF(nn.Module):
+    """Adaptive token fusion, Eqs. 2-5: V = F_c + MLP([LN(Attn_{c->d}) || LN(Attn_{d->c})])."""
+
+    def __init__(self, dc: int, dd: int, dh: int, heads: int, hidden: int, zero_init: bool):
+        super().__init__()
+        if dh % heads:
+            raise ConfigError(f"ssvp head_dim {dh} is not divisible by num_heads {heads}")
+        self.heads = heads
+        self.q_c, self.k_c, self.v_c = (nn.Linear(dc, dh, bias=False) for _ in range(3))
+        self.q_d, self.k_d, self.v_d = (nn.Linear(dd, dh, bias=False) for _ in range(3))
+        self.ln_cd, self.ln_dc = nn.LayerNorm(dh), nn.LayerNorm(dh)
+        self.mlp = nn.Sequential(nn.Linear(2 * dh, hidden), nn.GELU(), nn.Linear(hidden, dc))
+        if zero_init:
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
+
+    def _attend(self, q, k, v):
+        B, Nq, D = q.shape
+        h = self.heads
+        split = lambda t: t.view(B, t.shape[1], h, D // h).transpose(1, 2)  # noqa: E731
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v))  # softmax(QK^T / sqrt(d)) V, Eq. 3
+        return out.transpose(1, 2).reshape(B, Nq, D)
+
+    def forward(self, fc: torch.Tensor, fd: torch.Tensor) -> torch.Tensor:
+        a_cd = self._attend(self.q_c(fc), self.k_d(fd), self.v_d(fd))  # CLIP queries DINO
+        a_dc = self._attend(self.q_d(fd), self.k_c(fc), self.v_c(fc))  # DINO queries CLIP
+        z = torch.cat([self.ln_cd(a_cd), self.ln_dc(a_dc)], dim=-1)  # Eq. 4
+        return fc + self.mlp(z)  # Eq. 5
+
+
+class ConcatFusion(nn.Module):
+    """Table 3 model B: naive fusion, V = F_c + Linear([F_c || F_d])."""
+
+    def __init__(self, dc: int, dd: int, zero_init: bool):
+        super().__init__()
+        self.proj = nn.Linear(dc + dd, dc)
+        if zero_init:
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
+
+    def forward(self, fc, fd):
+        return fc + self.proj(torch.cat([fc, fd], dim=-1))
+
+
+def inference_block(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+    """Bayes-PFL's InferenceBlock shape: Linear -> Softplus -> Linear -> Softplus -> Linear (SSVP.md §11 #7)."""
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.Softplus(), nn.Linear(hidden, hidden), nn.Softplus(), nn.Linear(hidden, d_out))
+
+
+class VCPG(nn.Module):
+    """Vision-conditioned prompt generator, Eqs. 7-12."""
+
+    def __init__(self, d: int, dz: int, hidden: int, dk: int):
+        super().__init__()
+        self.f_mu = inference_block(d, hidden, dz)  # Eq. 7
+        self.f_logvar = inference_block(d, hidden, dz)
+        self.decoder = inference_block(dz, hidden, d)  # D_theta of Eq. 9
+        self.w_q, self.w_k, self.w_v = nn.Linear(d, dk), nn.Linear(dz, dk), nn.Linear(dz, d)  # Eq. 10
+        self.alpha = nn.Parameter(torch.zeros(()))  # Eq. 11, initialised to 0
+        self.norm = nn.LayerNorm(d)
+
+    def latents(self, v_g: torch.Tensor, n: int, use_mean: bool):
+        mu = self.f_mu(v_g)
+        logvar = self.f_logvar(v_g).clamp(-10.0, 10.0)
+        if use_mean:
+            z = mu[:, None]
+        else:
+            eps = torch.randn(mu.shape[0], n, mu.shape[1], device=mu.device, dtype=mu.dtype)
+            z = mu[:, None] + eps * torch.exp(0.5 * logvar)[:, None]  # Eq. 8, n samples
+        return mu, logvar, z
+
+    def forward(self, t_init: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.w_q(t_init), self.w_k(z), self.w_v(z)
+        delta = F.scaled_dot_product_attention(q, k, v)  # Eq. 10: softmax(Q K^T / sqrt(d_k)) V
+        return self.norm(t_init + self.alpha * delta)  # Eq. 11
+
+
+class SSVP(Detector):
+    name = "ssvp"
+    eval_aux_keys = ("abn_cos_map", "t_init", "t_final")
+
+    def __init__(self, options: SSVPOptions, backbone, image_size: int):
+        super().__init__(options, backbone, image_size)
+        validate(options)
+        o = options
+        self.clip = get_clip(backbone.clip)
+        self.aux = get_aux(backbone.dino) if o.fusion != "none" else None
+        d = self.clip.embed_dim
+        n_layers = len(backbone.clip.layers)
+        if o.fusion != "none" and len(backbone.dino.layers) != n_layers:
+            raise ConfigError(f"ssvp pairs CLIP layers {list(backbone.clip.layers)} with auxiliary layers "
+                              f"{list(backbone.dino.layers)}: give both the same number of layers")
+        self.tap_proj = None
+        if o.clip_tap_projection == "learned":
+            self.tap_proj = nn.ModuleList(nn.Linear(self.clip.width, d) for _ in range(n_layers))
+        dd = self.aux.width if self.aux is not None else 0
+        dh, hidden = o.head_dim or d, o.mlp_hidden or d
+        if o.fusion == "atf":
+            self.local_fusion = nn.ModuleList(ATF(d, dd, dh, o.num_heads, hidden, o.zero_init_fusion) for _ in range(n_layers))
+            self.global_fusion = ATF(d, dd, dh, o.num_heads, hidden, o.zero_init_fusion) if o.global_mode == "separate" else None
+        elif o.fusion == "concat":
+            self.local_fusion = nn.ModuleList(ConcatFusion(d, dd, o.zero_init_fusion) for _ in range(n_layers))
+            self.global_fusion = ConcatFusion(d, dd, o.zero_init_fusion)
+        # Eq. 6: learnable [V]_bg and [V]_state (Bayes-PFL initialisation, SSVP.md §3.1)
+        w = self.clip.text_width
+        self.prompt_encoder = PromptEncoder(self.clip)
+        self.bg = trunc_normal((o.n_prompts if o.bg_sharing == "pair" else 1, o.bg_len, w))
+        self.state_normal = trunc_normal((o.n_prompts, o.state_len, w), mean=0.5)
+        self.state_abnormal = trunc_normal((o.n_prompts, o.state_len, w), mean=-0.5)
+        if o.vcpg:
+            self.vcpg = VCPG(d, o.latent_dim or d, o.vae_hidden, o.attn_dim or d)
+        log_scale = math.log(1.0 / o.tau)
+        self.logit_scale_pixel = nn.Parameter(torch.tensor(log_scale), requires_grad=o.learnable_tau)
+        self.logit_scale_image = nn.Parameter(torch.tensor(log_scale), requires_grad=o.learnable_tau)
+        if o.vtam:
+            gh = o.gate_hidden or max(1, d // 2)
+            self.global_gate = nn.Sequential(nn.Linear(d, gh), nn.GELU(), nn.Linear(gh, n_layers))  # Eq. 15
+            n_local = n_layers if o.local_gate == "per_layer" else 1
+            self.local_gates = nn.ModuleList(nn.Conv2d(d, 1, 1) for _ in range(n_local))  # Eq. 16
+            for g in self.local_gates:
+                nn.init.constant_(g.bias, o.local_gate_bias)
+
+    # ---- bookkeeping ---------------------------------------------------------------------------------------
+    def input_sizes(self) -> list[int]:
+        sizes = [self.backbone_cfg.clip.image_size]
+        if self.aux is not None:
+            sizes.append(self.backbone_cfg.dino.image_size)
+        return sizes
+
+    def frozen_modules(self):
+        return [m for m in (self.clip, self.aux) if m is not None]
+
+    def prompt_parameters(self):
+        return [self.bg, self.state_normal, self.state_abnormal]
+
+    def temperature_parameters(self):
+        return [self.logit_scale_pixel, self.logit_scale_image]
+
+    # ---- stages --------------------------------------------------------------------------------------------
+    def encode_backbones(self, batch: dict):
+        """Frozen features: CLIP taps in the joint space (B, N, D), CLIP global (B, D), DINO taps and CLS."""
+        x_clip = batch_view(batch, self.backbone_cfg.clip.image_size)
+        with torch.no_grad(), autocast_context(x_clip.device, self.backbone_cfg.precision):
+            feats = self.clip.image_features(x_clip)
+            raw_taps = [t[:, 1:].float() for t in feats.taps]
+            f_cg = self.clip.project(feats.final[:, 0]).float()
+            f_cl = [self.clip.project(t[:, 1:]).float() for t in feats.taps] if self.tap_proj is None else None
+            f_dl, f_dg = None, None
+            if self.aux is not None:
+                x_dino = batch_view(batch, self.backbone_cfg.dino.image_size)
+                f_dl, f_dg = self.aux(x_dino)
+                f_dl = [resample_tokens(t.float(), self.aux.grid, self.clip.grid) for t in f_dl]
+                f_dg = f_dg.float()
+        if self.tap_proj is not None:
+            f_cl = [proj(t) for proj, t in zip(self.tap_proj, raw_taps)]
+        return f_cl, f_cg, f_dl, f_dg
+
+    def hsvs(self, f_cl, f_cg, f_dl, f_dg):
+        """Eqs. 1-5 -> (V_syn^local per layer, V_syn^global)."""
+        o = self.options
+        if o.fusion == "none":
+            return f_cl, f_cg
+        if o.fusion == "atf" and o.global_mode == "joint":
+            v_local = [fuse(c, d) for fuse, c, d in zip(self.local_fusion[:-1], f_cl[:-1], f_dl[:-1])]
+            joint = self.local_fusion[-1](torch.cat([f_cg[:, None], f_cl[-1]], 1), torch.cat([f_dg[:, None], f_dl[-1]], 1))
+            return v_local + [joint[:, 1:]], joint[:, 0]
+        v_local = [fuse(c, d) for fuse, c, d in zip(self.local_fusion, f_cl, f_dl)]
+        v_global = self.global_fusion(f_cg[:, None], f_dg[:, None])[:, 0]
+        return v_local, v_global
+
+    def text_init(self, class_names: list[str], device) -> torch.Tensor:
+        """T_init (B, 2n, D), L2-normalised: prompts [V]_bg [V]_state [CLASS] through the frozen text encoder."""
+        o = self.options
+        unique = list(dict.fromkeys(class_names))
+        n = o.n_prompts
+        bg = self.bg.expand(n, -1, -1) if self.bg.shape[0] == 1 else self.bg
+        slots = torch.cat([torch.cat([bg, self.state_normal], 1), torch.cat([bg, self.state_abnormal], 1)])  # (2n, L, W)
+        template = [placeholder_template(o.bg_len + o.state_len, name) for name in unique for _ in range(2 * n)]
+        vectors = slots.repeat(len(unique), 1, 1)
+        feats = F.normalize(self.prompt_encoder(template, vectors).float(), dim=-1).view(len(unique), 2 * n, -1)
+        index = torch.tensor([unique.index(c) for c in class_names], device=feats.device)
+        return feats[index]
+
+    def _pair_probability(self, feats: torch.Tensor, t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """P(abnormal) per token, Eqs. 13-14 with the 3+3 prompts combined per §11 #11. feats (B, N, D) normalised."""
+        n = self.options.n_prompts
+        tn, ta = t[:, :n], t[:, n:]
+        if self.options.prompt_aggregation == "mean_embedding":
+            tn, ta = F.normalize(tn.mean(1, keepdim=True), dim=-1), F.normalize(ta.mean(1, keepdim=True), dim=-1)
+        sn = feats @ tn.transpose(1, 2)  # (B, N, n) cosines with normal prompts
+        sa = feats @ ta.transpose(1, 2)
+        return torch.sigmoid(scale * (sa - sn)).mean(-1)  # 2-way softmax = sigmoid of the difference
+
+    def forward(self, batch: dict) -> Output:
+        return self.heads(self.encode_backbones(batch), batch)
+
+    def heads(self, features, batch: dict) -> Output:
+        """Everything after the frozen backbones (HSVS, prompts, VCPG, VTAM) on `encode_backbones` output."""
+        o = self.options
+        f_cl, f_cg, f_dl, f_dg = features
+        v_local, v_global = self.hsvs(f_cl, f_cg, f_dl, f_dg)
+        t_init = self.text_init(class_prompt_names(batch), v_global.device)
+        aux = {"t_init": t_init}
+        if o.vcpg:
+            use_mean = (not self.training) and o.eval_latent == "mu"
+            mu, logvar, z = self.vcpg.latents(v_global, o.n_latent_samples, use_mean)
+            t_final = self.vcpg(t_init, z)
+            aux.update(mu=mu, logvar=logvar, z=z, v_global=v_global, recon=self.vcpg.decoder(z[:, 0]))
+        else:
+            t_final = t_init
+        t = F.normalize(t_final, dim=-1)
+        aux["t_final"] = t
+        scale_px, scale_img = self.logit_scale_pixel.exp(), self.logit_scale_image.exp()
+        grid = self.clip.grid
+        feats = [F.normalize(v, dim=-1) for v in v_local]
+        layer_maps = [self._pair_probability(f, t, scale_px).view(-1, 1, *grid) for f in feats]  # P_anom^(l)
+        if o.vtam:
+            w_scale = self.global_gate(v_global).softmax(-1)  # Eq. 15
+            p_map = 0
+            for l, (p_l, v_l) in enumerate(zip(layer_maps, v_local)):
+                gate = self.local_gates[l if o.local_gate == "per_layer" else 0]
+                m_spatial = torch.sigmoid(gate(tokens_to_grid(v_l, grid)))  # Eq. 16
+                p_map = p_map + w_scale[:, l, None, None, None] * (m_spatial * p_l)  # Eq. 17
+            aux["w_scale"] = w_scale
+        else:
+            p_map = torch.stack(layer_maps).mean(0)  # no gates: uniform average of the layer maps
+        anomaly_map = upsample(p_map, self.image_size)[:, 0]
+        g = F.normalize(v_global, dim=-1)[:, None]
+        s_global = self._pair_probability(g, t, scale_img)[:, 0]  # <V_g, T_final> as a probability (§4.3)
+        if o.local_score == "max":
+            s_local = p_map.flatten(1).amax(1)  # Eq. 18
+        else:
+            s_local = anomaly_map.flatten(1).topk(min(o.local_topk, anomaly_map[0].numel()), 1).values.mean(1)
+        if o.vtam:
+            if o.score_loss == "logit_mix":
+                n = o.n_prompts
+                g_logit = (scale_img * (g @ t[:, n:].transpose(1, 2) - g @ t[:, :n].transpose(1, 2))).mean(-1)[:, 0]
+                l_logit = torch.logit(s_local.clamp(1e-6, 1 - 1e-6))
+                score_logit = (1 - o.gamma) * g_logit + o.gamma * l_logit
+                score = torch.sigmoid(score_logit)
+                aux["score_logit"] = score_logit
+            else:
+                score = (1 - o.gamma) * s_global + o.gamma * s_local  # Eq. 19
+        else:
+            score = s_global
+        aux.update(layer_maps=layer_maps, p_map=p_map, s_global=s_global, s_local=s_local)
+        abn = F.normalize(t[:, o.n_prompts:].mean(1), dim=-1)
+        aux["abn_cos_map"] = torch.stack([(f @ abn[:, :, None])[..., 0] for f in feats]).mean(0).view(-1, *grid)
+        return Output(anomaly_map, score, aux)
+
+    # ---- losses (Eqs. 20-22) -------------------------------------------------------------------------------
+    def loss(self, out: Output, batch: dict) -> dict[str, torch.Tensor]:
+        o = self.options
+        mask = batch["mask"]
+        label = batch["label"].float()
+        parts = {}
+        seg = 0
+        if o.seg_loss in ("both", "fused"):
+            seg = seg + binary_focal(out.anomaly_map, mask, o.focal_gamma)
+        if o.seg_loss in ("both", "per_layer"):
+            for p_l in out.aux["layer_maps"]:
+                seg = seg + binary_focal(upsample(p_l, self.image_size)[:, 0], mask, o.focal_gamma)
+        parts["seg"] = seg
+        if o.score_loss == "logit_mix" and "score_logit" in out.aux:
+            parts["cls"] = F.binary_cross_entropy_with_logits(out.aux["score_logit"], label)
+        elif o.score_loss == "literal":
+            parts["cls"] = F.binary_cross_entropy(torch.sigmoid(out.score), label)
+        else:
+            parts["cls"] = F.binary_cross_entropy(out.score.clamp(1e-6, 1 - 1e-6), label)
+        total = parts["seg"] + parts["cls"]
+        if o.vcpg:
+            mu, logvar, v_g = out.aux["mu"], out.aux["logvar"], out.aux["v_global"]
+            target = v_g.detach() if o.detach_vae_target else v_g
+            recon = ((target - out.aux["recon"]) ** 2).sum(-1).mean()
+            kl = (-0.5 * (1 + logvar - mu ** 2 - logvar.exp())).sum(-1).mean()
+            parts["vae"] = recon + o.beta_kl * kl  # Eq. 9
+            cos = F.cosine_similarity(out.aux["t_final"], out.aux["t_init"].detach(), dim=-1)
+            parts["reg"] = F.relu(o.xi - cos).mean()  # Eq. 12
+            total = total + o.lambda_vae * parts["vae"] + o.lambda_reg * parts["reg"]
+        parts["total"] = total
+        return parts
