@@ -54,18 +54,21 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, median of {args.repeats}")
     print(f"{'config':<6}{'backbones s':>13}{'heads s':>10}{'total s':>10}{'heads share':>13}{'img/s':>8}{'params (trainable)':>22}")
     for name in args.configs:
-        profile, overrides = CONFIGS[name]
-        det = build_detector(load_config(profile, "ssvp", overrides)).eval()
-        batch = fake_batch(det, args.batch)
-        with torch.inference_mode():
-            backbone = timed(lambda: det.encode_backbones(batch), args.repeats)
-            features = det.encode_backbones(batch)
-            heads = timed(lambda: det.heads(features, batch), args.repeats)
-        whole = backbone + heads
-        counts = det.count_parameters()
-        print(f"{name:<6}{backbone:>13.3f}{heads:>10.3f}{whole:>10.3f}{heads / whole:>12.1%}{args.batch / whole:>8.2f}"
-              f"{counts['total'] / 1e6:>12.1f}M ({counts['trainable'] / 1e6:.1f}M)")
-        del det
+        measure(name, args.batch, args.repeats)
+
+
+def measure(name: str, batch_size: int, repeats: int) -> None:
+    profile, overrides = CONFIGS[name]
+    det = build_detector(load_config(profile, "ssvp", overrides)).eval()
+    batch = fake_batch(det, batch_size)
+    with torch.inference_mode():
+        backbone = timed(lambda: det.encode_backbones(batch), repeats)
+        features = det.encode_backbones(batch)
+        heads = timed(lambda: det.heads(features, batch), repeats)
+    whole = backbone + heads
+    counts = det.count_parameters()
+    print(f"{name:<6}{backbone:>13.3f}{heads:>10.3f}{whole:>10.3f}{heads / whole:>12.1%}{batch_size / whole:>8.2f}"
+          f"{counts['total'] / 1e6:>12.1f}M ({counts['trainable'] / 1e6:.1f}M)")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,6 @@ def test_resample_tokens_identity_and_shape():
 # ---- weights --------------------------------------------------------------------------------------------------
 
 def test_clip_from_local_files_and_folder(clip, tmp_path):
-    import open_clip
     from safetensors.torch import save_file
 
     sd = {k: v.contiguous() for k, v in clip.model.state_dict().items()}

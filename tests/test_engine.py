@@ -13,7 +13,6 @@ import torch
 from tiny import smoke_config
 from ssvp_core.cli import main
 from ssvp_core.engine import checkpoint as ckpt
-from ssvp_core.engine.infer import evaluate
 from ssvp_core.engine.train import load_trained, run_dir, train
 from ssvp_core.errors import CheckpointError, TrainingDiverged
 
