@@ -156,7 +156,19 @@ def cmd_eval(args) -> int:
             detector, cfg = load_trained(path, overrides=cfg)
         else:
             detector = build_detector(cfg)
-    frames = [evaluate(detector, ds, cfg, progress=not args.quiet).metrics for ds in cfg.eval.datasets]
+    frames, multitype = [], []
+    for ds in cfg.eval.datasets:
+        hooks = []
+        if args.multitype:
+            if not hasattr(detector, "vocabulary"):
+                raise SSVPError(f"--multitype needs a method with defect-type anchors (dapo), not {cfg.method}")
+            from .engine.multitype import multitype_hook
+
+            hooks = [multitype_hook(detector, ds.name)]
+        result = evaluate(detector, ds, cfg, progress=not args.quiet, hooks=hooks)
+        frames.append(result.metrics)
+        if hooks:
+            multitype.append((ds.name, result.extra["MultiTypeEvaluation"]))
     from .engine.runtime import dist_info
 
     if not dist_info().main:
@@ -166,6 +178,13 @@ def cmd_eval(args) -> int:
         io.write_text(Path(args.out), table.to_csv(index=False))
     w = wide(table)
     print(w.to_markdown(index=False, floatfmt=".4f"))
+    for name, mt in multitype:
+        print(f"\nmulti-type segmentation on {name} (per object; macro OvR AUROC / AP, argmax F1):")
+        print(mt["objects"].to_markdown(index=False, floatfmt=".4f"))
+        if mt["skipped"]:
+            print(f"objects without a candidate defect list (left out): {mt['skipped']}")
+        if args.out:
+            io.write_text(Path(args.out).with_suffix(f".multitype-{name}.csv"), mt["objects"].to_csv(index=False))
     return 0
 
 
@@ -204,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--checkpoint", help="checkpoint to evaluate (default: the run folder of the config)")
             p.add_argument("--out", help="write the long-format metrics CSV here")
+            p.add_argument("--multitype", action="store_true", help="also the per-object multi-type segmentation metrics (dapo)")
         p.set_defaults(func=func)
     p = sub.add_parser("predict", help="heat-map overlays and image scores for a folder of your own images")
     p.add_argument("images")

@@ -82,7 +82,7 @@ class DatasetRef:
 @dataclass
 class EvalConfig:
     datasets: list[DatasetRef] = field(default_factory=lambda: [DatasetRef("mvtec", "data/mvtec")])
-    sigma: float = 4.0  # Gaussian smoothing of maps at test (SSVP.md §11 #17); 0 = off
+    sigma: float = 4.0  # test-time Gaussian smoothing in pixels of a 518x518 map (SSVP.md §11 #17), scaled to image_size; 0 = off
     fpr_limit: float = 0.3
     aupro: tuple[str, ...] = ("exact", "legacy_cflow200")
     batch_size: int = 8

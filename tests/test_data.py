@@ -174,3 +174,17 @@ def test_scan_reports_orphan_masks_and_empty_classes(tmp_path):
     (root / "b" / "test").mkdir(parents=True)
     kinds = sorted(p.kind for p in scan_dataset("mvtec", root).problems)
     assert kinds == ["empty-class", "orphan-mask"]
+
+
+def test_realiad_json_layout(tmp_path):
+    root = tmp_path / "realiad"
+    write_image(root / "realiad_1024" / "switch" / "OK" / "S0001" / "a.jpg")
+    write_image(root / "realiad_1024" / "switch" / "NG" / "HS" / "S0002" / "b.jpg")
+    write_mask(root / "realiad_1024" / "switch" / "NG" / "HS" / "S0002" / "b.png")
+    (root / "realiad_jsons").mkdir(parents=True)
+    (root / "realiad_jsons" / "switch.json").write_text(json.dumps({
+        "meta": {"prefix": "switch/", "normal_class": "OK"}, "train": [],
+        "test": [{"category": "switch", "anomaly_class": "OK", "image_path": "OK/S0001/a.jpg", "mask_path": None},
+                 {"category": "switch", "anomaly_class": "HS", "image_path": "NG/HS/S0002/b.jpg", "mask_path": "NG/HS/S0002/b.png"}]}))
+    samples = read_dataset("real-iad", root)
+    assert [(s.cls, s.label, s.defect) for s in samples] == [("switch", 0, "good"), ("switch", 1, "scratch")]

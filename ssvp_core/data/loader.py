@@ -56,6 +56,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
             "label": torch.tensor(sample.label, dtype=torch.long),
             "cls": sample.cls,
             "defect": sample.defect,
+            "dataset": sample.dataset,
             "index": index,
         }
         if self.view_sizes:

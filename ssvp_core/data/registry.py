@@ -8,6 +8,7 @@ from typing import Callable
 
 from .meta import scan_meta
 from .mvtec import scan_mvtec_layout
+from .realiad import scan_realiad
 from .records import Sample, ScanResult, raise_if_problems, require_nonempty
 from .surface import scan_dagm, scan_ksdd2, scan_rsdd
 from .visa import scan_visa
@@ -31,6 +32,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("ksdd2", "KolektorSDD2", scan_ksdd2, "https://www.vicos.si/resources/kolektorsdd2/ (or Bayes-PFL DATA_three)"),
     Benchmark("rsdd", "RSDD", scan_rsdd, "RSDDs (Type-I/II) (or Bayes-PFL DATA_three)"),
     Benchmark("dagm", "DAGM 2007", scan_dagm, "Kaggle 'DAGM 2007 competition dataset' (or Bayes-PFL DATA_three)"),
+    Benchmark("mad-sim", "MAD-Sim (PAD, 20 LEGO animals, simulated)", scan_mvtec_layout, "https://github.com/EricLee0224/PAD"),
+    Benchmark("mad-real", "MAD-Real (PAD, 10 LEGO animals, real)", scan_mvtec_layout, "https://github.com/EricLee0224/PAD"),
+    Benchmark("real-iad", "Real-IAD (30 objects)", scan_realiad, "https://realiad4ad.github.io/Real-IAD/ (realiad_1024 + realiad_jsons)"),
     Benchmark("meta", "any dataset with an AnomalyCLIP-style meta.json", scan_meta, "meta.json at the root"),
     Benchmark("synth-a", "synthetic benchmark, class set A", scan_mvtec_layout, "`ssvp data synth`"),
     Benchmark("synth-b", "synthetic benchmark, class set B", scan_mvtec_layout, "`ssvp data synth`"),

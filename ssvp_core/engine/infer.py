@@ -35,6 +35,14 @@ class EvalResult:
     extra: dict = field(default_factory=dict)
 
 
+REFERENCE_SIZE = 518  # the papers state smoothing sigmas for 518x518 maps
+
+
+def map_sigma(cfg: RunConfig) -> float:
+    """The configured sigma (papers' convention: pixels of a 518x518 map) at the run's image size."""
+    return cfg.eval.sigma * cfg.image_size / REFERENCE_SIZE
+
+
 def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
     if sigma <= 0:
         return maps
@@ -52,10 +60,13 @@ def _batches(detector, samples: list[Sample], cfg: RunConfig, device: torch.devi
         yield batch, out
 
 
+TEXT_FIELDS = ("cls", "defect", "dataset")
+
+
 def collate(items: list[dict]) -> dict:
-    batch = torch.utils.data.default_collate([{k: v for k, v in it.items() if k not in ("cls", "defect")} for it in items])
-    batch["cls"] = [it["cls"] for it in items]
-    batch["defect"] = [it["defect"] for it in items]
+    batch = torch.utils.data.default_collate([{k: v for k, v in it.items() if k not in TEXT_FIELDS} for it in items])
+    for k in TEXT_FIELDS:
+        batch[k] = [it[k] for it in items]
     return batch
 
 
@@ -78,6 +89,7 @@ class _ClassBuffer:
         self.maps: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
         self.labels: list[int] = []
+        self.aux: list[dict] = []  # per-sample aux tensors, only when an evaluation hook needs them
 
 
 def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, progress: bool = True,
@@ -96,13 +108,12 @@ def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, 
     samples = read_dataset(dataset.name, dataset.root, "test", dataset.classes or None)
     shard = [i for i in range(len(samples)) if i % info.world == info.rank]
     buffers: dict[str, _ClassBuffer] = {}
-    aux_store: dict[int, dict] = {}
     wants_aux = bool(hooks)
     for_batches = _batches(detector, [samples[i] for i in shard], cfg, device, progress and info.main,
                            f"eval {detector.name} on {dataset.name}")
     pos = 0
     for batch, out in for_batches:
-        maps = smooth(out.anomaly_map.float().cpu().numpy(), cfg.eval.sigma)
+        maps = smooth(out.anomaly_map.float().cpu().numpy(), map_sigma(cfg))
         scores = out.score.float().cpu().numpy()
         masks = batch["mask"].cpu().numpy() > 0.5
         for j in range(len(scores)):
@@ -115,8 +126,8 @@ def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, 
             buf.masks.append(masks[j])
             buf.labels.append(s.label)
             if wants_aux:
-                aux_store[idx] = {k: (v[j].float().cpu() if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in out.aux.items()
-                                  if k in getattr(detector, "eval_aux_keys", ())}
+                buf.aux.append({k: v[j].float().cpu() for k, v in out.aux.items()
+                                if k in getattr(detector, "eval_aux_keys", ()) and torch.is_tensor(v)})
         pos += len(scores)
     if info.enabled:
         buffers = _merge_shards(buffers, info)
@@ -134,7 +145,7 @@ def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, 
         masks = np.stack([buf.masks[i] for i in order])
         per_class[cls] = evaluate_class(scores, labels, maps, masks, cfg.eval.fpr_limit, tuple(cfg.eval.aupro), cls=cls)
         for h in hooks or []:
-            h.add(cls, [samples[i] for i in idxs], maps, masks, [aux_store.get(i, {}) for i in idxs])
+            h.add(cls, [samples[i] for i in idxs], maps, masks, [buf.aux[i] for i in order] if buf.aux else [{}] * len(idxs))
         kept = [i for i, l in zip(range(len(idxs)), labels) if l == 1][:keep_maps]
         kept += [i for i, l in zip(range(len(idxs)), labels) if l == 0][: 1 if keep_maps else 0]
         for k in kept:

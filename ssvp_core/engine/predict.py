@@ -20,7 +20,7 @@ from ..data.images import list_images, open_rgb
 from ..data.loader import AnomalyDataset
 from ..data.records import Sample
 from ..errors import DataError
-from .infer import collate, smooth, to_device
+from .infer import collate, map_sigma, smooth, to_device
 
 
 def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.5) -> Image.Image:
@@ -45,7 +45,7 @@ def predict_folder(detector, cfg, images_dir: str | Path, out: str | Path, class
     for batch in loader:
         with torch.inference_mode():
             o = detector(to_device(batch, device))
-        maps.append(smooth(o.anomaly_map.float().cpu().numpy(), cfg.eval.sigma))
+        maps.append(smooth(o.anomaly_map.float().cpu().numpy(), map_sigma(cfg)))
         scores.append(o.score.float().cpu().numpy())
     maps_arr, scores_arr = np.concatenate(maps), np.concatenate(scores)
     lo, hi = float(maps_arr.min()), float(maps_arr.max())

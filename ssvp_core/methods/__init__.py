@@ -2,6 +2,8 @@
 
     name          paper                                                  module
     ssvp          SSVP, arXiv 2601.09147                                 ssvp.py
+    vip2clip      ViP2-CLIP, arXiv 2505.17692                            vip2clip.py
+    dapo          DAPO, arXiv 2512.09446                                 dapo.py
     reference     (none: training-free pixel statistics, a floor)        reference.py
 """
 from __future__ import annotations
@@ -55,7 +57,9 @@ def build_detector(cfg) -> Detector:
     # uses its own fixed stream, so a cached backbone does not shift the heads' initialisation)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        return spec.cls(options, cfg.backbone, cfg.image_size)
+        detector = spec.cls(options, cfg.backbone, cfg.image_size)
+    detector.grad_checkpointing = cfg.train.grad_checkpointing
+    return detector
 
 
 from .reference import ReferenceOptions, ReferenceScorer  # noqa: E402
@@ -63,6 +67,20 @@ from .ssvp import SSVP, SSVPOptions  # noqa: E402
 
 register(MethodSpec("ssvp", SSVP, SSVPOptions, "SSVP (Fu et al., arXiv 2601.09147)",
                     train_defaults={"epochs": 15, "batch_size": 8, "lr_prompt": 5e-4, "lr_head": 1e-4}))
+from .vip2clip import ViP2CLIP, ViP2CLIPOptions  # noqa: E402
+
+# ViP2-CLIP.md §7: Adam (default betas), lr 1e-3 for ICA and 1e-5 for FGP, no schedule, 10 epochs, batch 8; sigma 8
+register(MethodSpec("vip2clip", ViP2CLIP, ViP2CLIPOptions, "ViP2-CLIP (Yang et al., arXiv 2505.17692)",
+                    train_defaults={"epochs": 10, "batch_size": 8, "lr_prompt": 1e-3, "lr_head": 1e-5, "betas": [0.9, 0.999],
+                                    "schedule": "constant", "warmup_frac": 0.0},
+                    eval_defaults={"sigma": 8.0}))
+from .dapo import DAPO, DAPOOptions  # noqa: E402
+
+# DAPO.md §7: Adam(0.5, 0.999) lr 1e-3, no schedule, 5 epochs, batch 8; no smoothing of the maps
+register(MethodSpec("dapo", DAPO, DAPOOptions, "DAPO (Nazer et al., arXiv 2512.09446)",
+                    train_defaults={"epochs": 5, "batch_size": 8, "lr_prompt": 1e-3, "lr_head": 1e-3, "betas": [0.5, 0.999],
+                                    "schedule": "constant", "warmup_frac": 0.0, "seed": 42},
+                    eval_defaults={"sigma": 0.0}))
 register(MethodSpec("reference", ReferenceScorer, ReferenceOptions, "training-free pixel statistics (no paper; a floor)"))
 
 __all__ = ["Detector", "Output", "MethodSpec", "REGISTRY", "register", "method_spec", "build_detector"]

@@ -1,0 +1,142 @@
+"""Build ssvp_core/reports/data/reported.csv from the transcribed paper tables in ../shared/papers/*.md.
+
+Run once when the transcriptions change: `python tools/extract_reported.py ../shared/papers`. Each row keeps its
+source (paper, table, row, column); values are in percent as printed (Table 4 is in raw units).
+"""
+from __future__ import annotations
+
+import csv
+import re
+import sys
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "ssvp_core" / "reports" / "data" / "reported.csv"
+FIELDS = ["paper", "table", "dataset", "cls", "method", "metric", "value", "std", "source"]
+
+DATASETS = {"MVTec-AD": "mvtec", "MVTec AD": "mvtec", "VisA": "visa", "BTAD": "btad", "KSDD2": "ksdd2", "RSDD": "rsdd",
+            "DAGM": "dagm", "DTD-Syn": "dtd", "DTD-Synthetic": "dtd", "MPDD": "mpdd", "KSDD": "ksdd", "HeadCT": "headct",
+            "BrainMRI": "brainmri", "Brain35H": "br35h", "ISIC": "isic", "CVC-ColonDB": "colondb", "CVC-ClinicDB": "clinicdb",
+            "Endo": "endo", "Kvasir": "kvasir", "AVERAGE": "average"}
+METHODS = {"WinCLIP": "winclip", "APRIL-GAN": "aprilgan", "AnomalyCLIP": "anomalyclip", "AdaCLIP": "adaclip",
+           "Bayes-PFL": "bayes_pfl", "**SSVP**": "ssvp", "SSVP": "ssvp", "CLIP": "clip", "AA-CLIP": "aaclip",
+           "**ViP²-CLIP**": "vip2clip"}
+
+
+def tables(text: str, heading: str) -> list[list[list[str]]]:
+    """Markdown tables following `heading` (until the next heading of the same or higher level)."""
+    start = text.index(heading)
+    level = heading.split()[0]
+    rest = text[start + len(heading):]
+    nxt = re.search(rf"^{re.escape(level)} ", rest, flags=re.M)
+    block = rest[: nxt.start()] if nxt else rest
+    found, cur = [], []
+    for line in block.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.replace("\\|", "¦").strip().strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                cur.append(cells)
+        elif cur:
+            found.append(cur)
+            cur = []
+    if cur:
+        found.append(cur)
+    return found
+
+
+def triple(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"[\d.]+", cell)]
+
+
+def ssvp_rows(text: str) -> list[dict]:
+    rows = []
+    image, pixel = tables(text, "### 8.1")[:2]
+    for table, names, level in ((image, ("image_auroc", "image_f1_max", "image_ap"), "image"),
+                                (pixel, ("pixel_auroc", "pixel_aupro", "pixel_ap"), "pixel")):
+        header = table[0]
+        for r in table[1:]:
+            ds = DATASETS[r[0].strip("*")]
+            for col, cell in zip(header[1:], r[1:]):
+                for metric, v in zip(names, triple(cell)):
+                    rows.append(dict(paper="SSVP", table=f"Table 1 ({level})", dataset=ds, cls="mean", method=METHODS[col],
+                                     metric=metric, value=v, std="", source=f"SSVP v2 Table 1 {level}-level, row {r[0]}, column {col}"))
+    t2 = tables(text, "### 8.2")[0]
+    methods = ["winclip", "anomalyclip", "adaclip", "bayes_pfl", "ssvp"]
+    for r in t2[1:]:
+        cls = r[0].strip("*").lower().replace(" ", "_")
+        cls = "mean" if cls == "average" else cls
+        for i, m in enumerate(methods):
+            for j, metric in enumerate(("image_auroc", "pixel_auroc")):
+                v = float(r[1 + 2 * i + j].strip("*"))
+                rows.append(dict(paper="SSVP", table="Table 2", dataset="mvtec", cls=cls, method=m, metric=metric, value=v,
+                                 std="", source=f"SSVP v2 Table 2, row {r[0]}, {m} {'IL' if j == 0 else 'PL'}"))
+    t3 = tables(text, "### 8.3")[0]
+    for r in t3[1:]:
+        model = r[0].split()[0]
+        for metric, cell in (("image_auroc", r[4]), ("pixel_auroc", r[5])):
+            v, sd = triple(cell)
+            rows.append(dict(paper="SSVP", table="Table 3", dataset="mvtec", cls="mean", method=f"model-{model}", metric=metric,
+                             value=v, std=sd, source=f"SSVP v2 Table 3, row {r[0]} (HSVS {r[1]}, VCPG {r[2]}, VTAM {r[3]})"))
+    t4 = tables(text, "### 8.4")[0]
+    for r in t4[1:]:
+        metric = {"TIR-FG (↑)": "tir_fg", "SCD-Normal (↓)": "scd_normal", "SCD-Abnormal (↓)": "scd_abnormal"}[r[0]]
+        for method, cell in (("baseline", r[1]), ("ssvp", r[2])):
+            rows.append(dict(paper="SSVP", table="Table 4", dataset="mvtec", cls="mean", method=method, metric=metric,
+                             value=float(cell), std="", source=f"SSVP v2 Table 4, row {r[0]}, column {'Baseline (Identity)' if method == 'baseline' else 'SSVP (Full)'}"))
+    t5 = tables(text, "### 8.5")[0]
+    seen = set()
+    for r in t5[1:]:
+        key = (r[0].split(" (")[0], r[1])
+        if key in seen:
+            continue  # the DINOv3 ViT-L row is printed twice
+        seen.add(key)
+        backbone = f"{r[0].split(' (')[0]} {r[1]}"
+        for metric, cell in (("image_auroc", r[3]), ("pixel_auroc", r[4])):
+            rows.append(dict(paper="SSVP", table="Table 5", dataset="mvtec", cls="mean", method=f"ssvp[{backbone}]",
+                             metric=metric, value=float(cell.strip("*")), std="", source=f"SSVP v2 Table 5, row {r[0]} {r[1]} ({r[2]} M params)"))
+    return rows
+
+
+def vip2_rows(text: str) -> list[dict]:
+    rows = []
+    found = tables(text, "## 9.")
+    specs = [("Table 1 (image)", ("image_auroc", "image_ap", "image_f1_max")), ("Table 1 (pixel)", ("pixel_auroc", "pixel_aupro", "pixel_f1_max")),
+             ("Table 2 (image)", ("image_auroc", "image_ap", "image_f1_max")), ("Table 2 (pixel)", ("pixel_auroc", "pixel_aupro", "pixel_f1_max"))]
+    for table, (name, metrics) in zip(found, specs):
+        header = table[0]
+        for r in table[1:]:
+            ds = DATASETS[r[0]]
+            for col, cell in zip(header[2:], r[2:]):
+                starred = "*" in cell
+                for metric, v in zip(metrics, triple(cell)):
+                    rows.append(dict(paper="ViP2-CLIP", table=name, dataset=ds, cls="mean", method=METHODS[col.strip()],
+                                     metric=metric, value=v, std="",
+                                     source=f"ViP2-CLIP README assets (arXiv v3) {name}, row {r[0]}, column {col.strip('*')}"
+                                            + ("; * = WinCLIP's own paper" if starred else "")))
+    return rows
+
+
+def dapo_rows() -> list[dict]:
+    claims = [("v1 abstract", 3.7, 6.5), ("v3 abstract", 3.6, 5.2)]
+    rows = []
+    for version, image, local in claims:
+        rows.append(dict(paper="DAPO", table=version, dataset="average", cls="mean", method="dapo",
+                         metric="gain_image_auroc_ap_vs_baselines", value=image, std="",
+                         source=f"DAPO {version}: average image-level AUROC/AP improvement over baselines under distribution shift"))
+        rows.append(dict(paper="DAPO", table=version, dataset="average", cls="mean", method="dapo",
+                         metric="gain_novel_type_localization_vs_baselines", value=local, std="",
+                         source=f"DAPO {version}: average improvement localizing novel anomaly types (v3: AUROC and F1)"))
+    return rows
+
+
+def main(papers: Path) -> None:
+    rows = ssvp_rows((papers / "SSVP.md").read_text()) + vip2_rows((papers / "ViP2-CLIP.md").read_text()) + dapo_rows()
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    with OUT.open("w", newline="") as f:
+        w = csv.DictWriter(f, FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"{len(rows)} rows -> {OUT}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/papers"))
