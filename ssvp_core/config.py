@@ -100,6 +100,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     image_size: int = 518  # resolution of masks and anomaly maps, in training and for the metrics
+    prompt_class_name: str = ""  # "" = each dataset's class names in the prompts; e.g. "object" for one generic name
     device: str = "auto"
     out_dir: str = "runs"
 
@@ -215,7 +216,7 @@ def load_config(profile: str = "paper", method: str = "ssvp", overrides: list[st
     spec = method_spec(method)
     merged: dict = {"profile": preset.get("profile", profile), "method": method}
     merged = deep_merge(merged, {"train": spec.train_defaults, "eval": spec.eval_defaults})
-    for section in ("backbone", "train", "eval", "device", "out_dir", "image_size"):
+    for section in ("backbone", "train", "eval", "device", "out_dir", "image_size", "prompt_class_name"):
         if section in preset:
             merged = deep_merge(merged, {section: preset[section]})
     per_method = (preset.get("methods") or {}).get(method) or {}

@@ -57,13 +57,84 @@ class PromptEncoder(nn.Module):
         return emb, ids.argmax(dim=-1)
 
     def forward(self, texts: list[str], slot_vectors: torch.Tensor | None = None, causal: bool = True,
-                hook=None, eot_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Text features (P, D) of the templates with their slots filled (not normalised)."""
+                hook=None, eot_shift: int = 0) -> torch.Tensor:
+        """Text features (P, D) of the templates with their slots filled (not normalised).
+
+        eot_shift: tokens a hook inserts before the end-of-text token (pooling moves with it).
+        """
         emb, eot = self.embed(texts, slot_vectors)
-        return self.clip.encode_text_embeddings(emb, eot if eot_index is None else eot_index, causal=causal, hook=hook)
+        return self.clip.encode_text_embeddings(emb, eot + eot_shift, causal=causal, hook=hook)
 
 
 def trunc_normal(shape: tuple[int, ...], std: float = 0.02, mean: float = 0.0) -> nn.Parameter:
     p = torch.empty(shape)
     nn.init.trunc_normal_(p, mean=mean, std=std, a=mean - 2 * std, b=mean + 2 * std)
     return nn.Parameter(p)
+
+
+def deep_token_hook(tokens: torch.Tensor, mode: str = "replace", alpha: float = 0.0, position: int = 1):
+    """A block hook for deep prompt tokens (VPT-deep / MaPLe style), shared by DAPO, AnomalyCLIP and AdaCLIP.
+
+    tokens: (depth, n, W) or a per-sample (B, depth, n, W). Before block 0 the n tokens are inserted at `position`
+    (after SOT / CLS); before block j < depth the n slots are rewritten: `replace` puts tokens[j] there (AnomalyCLIP,
+    AdaCLIP), `blend` sets alpha * slot + (1 - alpha) * tokens[j] (DAPO's progressive update). Later blocks run as is.
+    """
+    depth = tokens.shape[-3]
+    n = tokens.shape[-2]
+
+    def at(j: int, x: torch.Tensor) -> torch.Tensor:
+        t = tokens[:, j] if tokens.dim() == 4 else tokens[j].expand(x.shape[0], -1, -1)
+        return t.to(x.dtype)
+
+    def hook(j: int, x: torch.Tensor) -> torch.Tensor:
+        if j == 0:
+            return torch.cat([x[:, :position], at(0, x), x[:, position:]], 1)
+        if j < depth:
+            slot = x[:, position:position + n]
+            new = alpha * slot + (1 - alpha) * at(j, x) if mode == "blend" else at(j, x)
+            return torch.cat([x[:, :position], new, x[:, position + n:]], 1)
+        return x
+
+    return hook
+
+
+# Compositional prompt ensemble of WinCLIP (CVPR 2023), reused by APRIL-GAN: state words x templates.
+NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect", "{} without damage")
+ANOMALOUS_STATES = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage")
+TEMPLATES = (
+    "a bad photo of a {}.", "a low resolution photo of the {}.", "a bad photo of the {}.", "a cropped photo of the {}.",
+    "a bright photo of a {}.", "a dark photo of the {}.", "a photo of my {}.", "a photo of the cool {}.",
+    "a close-up photo of a {}.", "a black and white photo of the {}.", "a bright photo of the {}.",
+    "a cropped photo of a {}.", "a jpeg corrupted photo of a {}.", "a blurry photo of the {}.", "a photo of the {}.",
+    "a good photo of the {}.", "a photo of one {}.", "a close-up photo of the {}.", "a photo of a {}.",
+    "a low resolution photo of a {}.", "a photo of a large {}.", "a blurry photo of a {}.",
+    "a jpeg corrupted photo of the {}.", "a good photo of a {}.", "a photo of the small {}.", "a photo of the large {}.",
+    "a photo of the {} for visual inspection.", "a photo of a {} for visual inspection.",
+    "a photo of the {} for anomaly detection.", "a photo of a {} for anomaly detection.",
+)
+
+
+def compositional_texts(class_name: str) -> tuple[list[str], list[str]]:
+    """(normal sentences, anomalous sentences) of the compositional prompt ensemble for one class."""
+    normal = [t.format(s.format(class_name)) for s in NORMAL_STATES for t in TEMPLATES]
+    anomalous = [t.format(s.format(class_name)) for s in ANOMALOUS_STATES for t in TEMPLATES]
+    return normal, anomalous
+
+
+class EnsembleTextCache:
+    """[normal, anomalous] text features (2, D) per class name from the prompt ensemble, computed once."""
+
+    def __init__(self, clip: ClipBackbone):
+        self.clip = clip
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, class_names: list[str]) -> torch.Tensor:
+        out = []
+        for name in class_names:
+            if name not in self._cache:
+                normal, anomalous = compositional_texts(name)
+                with torch.no_grad():
+                    feats = [torch.nn.functional.normalize(self.clip.encode_text(t).float(), dim=-1).mean(0) for t in (normal, anomalous)]
+                self._cache[name] = torch.nn.functional.normalize(torch.stack(feats), dim=-1)
+            out.append(self._cache[name])
+        return torch.stack(out)  # (B, 2, D)

@@ -8,8 +8,8 @@ from ssvp_core.methods import build_detector
 from ssvp_core.metrics import wide
 
 
-def held_out_means(detector, cfg) -> dict[str, float]:
-    table = wide(evaluate(detector, cfg.eval.datasets[0], cfg, progress=False).metrics)
+def held_out_means(detector, cfg, dataset=None) -> dict[str, float]:
+    table = wide(evaluate(detector, dataset or cfg.eval.datasets[0], cfg, progress=False).metrics)
     row = table[table.cls == "mean"].iloc[0]
     return {"image_auroc": float(row.image_auroc), "pixel_auroc": float(row.pixel_auroc)}
 

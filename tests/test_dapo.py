@@ -29,8 +29,10 @@ def batch(n=3):
 
 
 def test_progressive_token_update():
+    from ssvp_core.prompts import deep_token_hook
+
     m = make()
-    hook = m._vision_hook()
+    hook = deep_token_hook(m.visual_tokens, "blend", 0.01)
     x = torch.randn(2, 1 + 9, m.clip.width)
     inserted = hook(0, x)
     assert inserted.shape == (2, 1 + 4 + 9, m.clip.width)

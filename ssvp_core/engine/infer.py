@@ -90,6 +90,7 @@ class _ClassBuffer:
         self.masks: list[np.ndarray] = []
         self.labels: list[int] = []
         self.aux: list[dict] = []  # per-sample aux tensors, only when an evaluation hook needs them
+        self.parts: list[dict] = []  # per-sample score parts for a detector's per-class rescoring
 
 
 def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, progress: bool = True,
@@ -125,6 +126,8 @@ def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, 
             buf.maps.append(maps[j])
             buf.masks.append(masks[j])
             buf.labels.append(s.label)
+            if detector.score_part_keys:
+                buf.parts.append({k: float(out.aux[k][j]) for k in detector.score_part_keys})
             if wants_aux:
                 buf.aux.append({k: v[j].float().cpu() for k, v in out.aux.items()
                                 if k in getattr(detector, "eval_aux_keys", ()) and torch.is_tensor(v)})
@@ -140,6 +143,9 @@ def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, 
         order = np.argsort(buf.index)
         idxs = [buf.index[i] for i in order]
         scores = np.array([buf.scores[i] for i in order], dtype=np.float64)
+        if buf.parts:
+            rescored = detector.class_scores({k: np.array([buf.parts[i][k] for i in order]) for k in detector.score_part_keys})
+            scores = scores if rescored is None else np.asarray(rescored, dtype=np.float64)
         labels = np.array([buf.labels[i] for i in order])
         maps = np.stack([buf.maps[i] for i in order])
         masks = np.stack([buf.masks[i] for i in order])

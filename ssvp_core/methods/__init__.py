@@ -4,6 +4,11 @@
     ssvp          SSVP, arXiv 2601.09147                                 ssvp.py
     vip2clip      ViP2-CLIP, arXiv 2505.17692                            vip2clip.py
     dapo          DAPO, arXiv 2512.09446                                 dapo.py
+    winclip       WinCLIP, CVPR 2023 (training-free)                     winclip.py
+    aprilgan      APRIL-GAN, arXiv 2305.17382                            aprilgan.py
+    anomalyclip   AnomalyCLIP, ICLR 2024                                 anomalyclip.py
+    adaclip       AdaCLIP, ECCV 2024                                     adaclip.py
+    bayes_pfl     Bayes-PFL, CVPR 2025                                   bayes_pfl.py
     reference     (none: training-free pixel statistics, a floor)        reference.py
 """
 from __future__ import annotations
@@ -59,6 +64,7 @@ def build_detector(cfg) -> Detector:
         torch.manual_seed(cfg.train.seed)
         detector = spec.cls(options, cfg.backbone, cfg.image_size)
     detector.grad_checkpointing = cfg.train.grad_checkpointing
+    detector.prompt_class_name = cfg.prompt_class_name
     return detector
 
 
@@ -81,6 +87,24 @@ register(MethodSpec("dapo", DAPO, DAPOOptions, "DAPO (Nazer et al., arXiv 2512.0
                     train_defaults={"epochs": 5, "batch_size": 8, "lr_prompt": 1e-3, "lr_head": 1e-3, "betas": [0.5, 0.999],
                                     "schedule": "constant", "warmup_frac": 0.0, "seed": 42},
                     eval_defaults={"sigma": 0.0}))
+from .adaclip import AdaCLIP, AdaCLIPOptions  # noqa: E402
+from .anomalyclip import AnomalyCLIP, AnomalyCLIPOptions  # noqa: E402
+from .aprilgan import APRILGAN, APRILGANOptions  # noqa: E402
+from .bayes_pfl import BayesPFL, BayesPFLOptions  # noqa: E402
+from .winclip import WinCLIP, WinCLIPOptions  # noqa: E402
+
+_CONSTANT = {"schedule": "constant", "warmup_frac": 0.0}
+register(MethodSpec("winclip", WinCLIP, WinCLIPOptions, "WinCLIP (Jeong et al., CVPR 2023)"))
+register(MethodSpec("aprilgan", APRILGAN, APRILGANOptions, "APRIL-GAN (Chen et al., arXiv 2305.17382)",
+                    train_defaults={"epochs": 3, "batch_size": 8, "lr_head": 1e-3, **_CONSTANT}))
+register(MethodSpec("anomalyclip", AnomalyCLIP, AnomalyCLIPOptions, "AnomalyCLIP (Zhou et al., ICLR 2024)",
+                    train_defaults={"epochs": 15, "batch_size": 8, "lr_prompt": 1e-3, "lr_head": 1e-3, **_CONSTANT}))
+register(MethodSpec("adaclip", AdaCLIP, AdaCLIPOptions, "AdaCLIP (Cao et al., ECCV 2024)",
+                    train_defaults={"epochs": 5, "batch_size": 1, "lr_prompt": 1e-2, "lr_head": 1e-2, "optimizer": "adamw",
+                                    **_CONSTANT}))
+register(MethodSpec("bayes_pfl", BayesPFL, BayesPFLOptions, "Bayes-PFL (Qu et al., CVPR 2025)",
+                    train_defaults={"epochs": 30, "batch_size": 32, "lr_prompt": 1e-4, "lr_head": 1e-4},
+                    eval_defaults={"sigma": 8.0}))
 register(MethodSpec("reference", ReferenceScorer, ReferenceOptions, "training-free pixel statistics (no paper; a floor)"))
 
 __all__ = ["Detector", "Output", "MethodSpec", "REGISTRY", "register", "method_spec", "build_detector"]

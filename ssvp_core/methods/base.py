@@ -38,12 +38,19 @@ class Detector(nn.Module):
 
     name: ClassVar[str] = "detector"
     trainable: ClassVar[bool] = True
+    prompt_class_name: str = ""  # RunConfig.prompt_class_name: one name for every class ("" = the dataset's names)
 
     def __init__(self, options: Any, backbone: BackboneConfig, image_size: int):
         super().__init__()
         self.options = options
         self.backbone_cfg = backbone
         self.image_size = int(image_size)
+
+    def class_names(self, batch: dict) -> list[str]:
+        """The product names put into text prompts for each image of the batch."""
+        if self.prompt_class_name:
+            return [self.prompt_class_name] * len(batch["cls"])
+        return [prompt_name(c) for c in batch["cls"]]
 
     # --- data needs -----------------------------------------------------------------------------------------
     def input_sizes(self) -> list[int]:
@@ -101,9 +108,13 @@ class Detector(nn.Module):
     def frozen_modules(self) -> list[nn.Module]:
         return []
 
+    # --- evaluation ------------------------------------------------------------------------------------------
+    score_part_keys: ClassVar[tuple[str, ...]] = ()
 
-def class_prompt_names(batch: dict) -> list[str]:
-    return [prompt_name(c) for c in batch["cls"]]
+    def class_scores(self, parts: dict):
+        """Optional per-class rescoring from the `score_part_keys` of every image of a class (e.g. Bayes-PFL's
+        per-class min-max); None keeps the per-image scores."""
+        return None
 
 
 def upsample(maps: torch.Tensor, size: int, align_corners: bool = True) -> torch.Tensor:

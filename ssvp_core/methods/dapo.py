@@ -28,7 +28,7 @@ from ..backbones import autocast_context, get_clip
 from ..data.defects import DefectVocabulary, vocabulary
 from ..data.loader import batch_view
 from ..errors import ConfigError
-from ..prompts import PromptEncoder, placeholder_template
+from ..prompts import PromptEncoder, deep_token_hook, placeholder_template
 from .base import Detector, Output
 from .losses import dice, multiclass_focal
 
@@ -92,18 +92,6 @@ class DAPO(Detector):
         return vocabulary(dataset, training=self.training)
 
     # ---- text ---------------------------------------------------------------------------------------------
-    def _text_hook(self, eot_shift: list):
-        n, a, tokens = self.options.n_tokens, self.options.blend, self.text_tokens
-
-        def hook(j: int, x: torch.Tensor) -> torch.Tensor:
-            if j == 0:
-                return torch.cat([x[:, :1], tokens[0].expand(x.shape[0], -1, -1).to(x.dtype), x[:, 1:]], 1)
-            if j < tokens.shape[0]:
-                return torch.cat([x[:, :1], a * x[:, 1:1 + n] + (1 - a) * tokens[j].to(x.dtype), x[:, 1 + n:]], 1)
-            return x
-
-        return hook
-
     def text_features(self, dataset: str) -> torch.Tensor:
         """[z_N; z_D1..z_DK] (1 + K, D), L2-normalised, for the anchors of `dataset`."""
         key = (dataset, self.training)
@@ -118,24 +106,11 @@ class DAPO(Detector):
         emb, eot = self.prompt_encoder.embed(texts, slots)
         clean = o.text_path == "clean"
         feats = self.clip.encode_text_embeddings(emb, eot + (o.n_tokens if clean else 0), causal=clean,
-                                                 hook=self._text_hook([]))
+                                                 hook=deep_token_hook(self.text_tokens, "blend", o.blend))
         feats = F.normalize(feats.float().view(len(states), E, -1).mean(1), dim=-1)
         if not self.training:
             self._text_cache[key] = feats
         return feats
-
-    # ---- vision -------------------------------------------------------------------------------------------
-    def _vision_hook(self):
-        n, a, tokens = self.options.n_tokens, self.options.blend, self.visual_tokens
-
-        def hook(i: int, x: torch.Tensor) -> torch.Tensor:
-            if i == 0:
-                return torch.cat([x[:, :1], tokens[0].expand(x.shape[0], -1, -1).to(x.dtype), x[:, 1:]], 1)
-            if i < tokens.shape[0]:
-                return torch.cat([x[:, :1], a * x[:, 1:1 + n] + (1 - a) * tokens[i].to(x.dtype), x[:, 1 + n:]], 1)
-            return x
-
-        return hook
 
     def forward(self, batch: dict) -> Output:
         o = self.options
@@ -145,7 +120,7 @@ class DAPO(Detector):
             raise ConfigError(f"dapo needs one dataset per batch (its anchors differ per dataset), got {sorted(datasets)}")
         text = self.text_features(datasets.pop())  # (1 + K, D)
         with autocast_context(x.device, self.backbone_cfg.precision):
-            feats = self.clip.image_features(x, hook=self._vision_hook(),
+            feats = self.clip.image_features(x, hook=deep_token_hook(self.visual_tokens, "blend", o.blend),
                                              checkpointing=getattr(self, "grad_checkpointing", False) and self.training)
         n = o.n_tokens
         z_x = F.normalize(self.clip.project(feats.final[:, 0]).float(), dim=-1)

@@ -25,7 +25,7 @@ from ..backbones import autocast_context, get_aux, get_clip, resample_tokens
 from ..data.loader import batch_view
 from ..errors import ConfigError
 from ..prompts import PromptEncoder, placeholder_template, trunc_normal
-from .base import Detector, Output, class_prompt_names, tokens_to_grid, upsample
+from .base import Detector, Output, tokens_to_grid, upsample
 from .losses import binary_focal
 
 
@@ -292,7 +292,7 @@ class SSVP(Detector):
         o = self.options
         f_cl, f_cg, f_dl, f_dg = features
         v_local, v_global = self.hsvs(f_cl, f_cg, f_dl, f_dg)
-        t_init = self.text_init(class_prompt_names(batch), v_global.device)
+        t_init = self.text_init(self.class_names(batch), v_global.device)
         aux = {"t_init": t_init}
         if o.vcpg:
             use_mean = (not self.training) and o.eval_latent == "mu"

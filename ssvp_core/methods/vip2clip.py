@@ -24,7 +24,7 @@ from ..data.loader import batch_view
 from ..errors import ConfigError
 from ..prompts import PromptEncoder, placeholder_template
 from .base import Detector, Output
-from .losses import dice, multiclass_focal
+from .common import layer_maps, segmentation_loss
 
 
 @dataclass
@@ -122,25 +122,21 @@ class ViP2CLIP(Detector):
             g = F.normalize(g.float(), dim=-1)
         text = self.text_features(g)
         grid = self.clip.grid
-        layer_maps, selected = [], []
+        maps, selected = [], []
         for p in patches:
             t_l = self.fgp(text, p)  # (B, 2, D)
             sim = p @ t_l.transpose(1, 2)  # (B, N, 2) raw cosines
+            maps.extend(layer_maps([p], t_l, o.temperature, grid, self.image_size, softmax_first=True, align_corners=False))
             prob = (sim / o.temperature).softmax(-1)
-            prob_map = prob.transpose(1, 2).reshape(-1, 2, *grid)
-            layer_maps.append(F.interpolate(prob_map, size=(self.image_size,) * 2, mode="bilinear", align_corners=False))
             k = min(o.top_k, sim.shape[1])
             idx = prob[..., 1].topk(k, dim=1).indices
             selected.append(torch.gather(sim, 1, idx[..., None].expand(-1, -1, 2)))
         logits = torch.cat(selected, 1).mean(1) / o.temperature  # (B, 2)
         score = logits.softmax(-1)[:, 1]
-        anomaly_map = torch.stack([(m[:, 1] + 1 - m[:, 0]) / 2 for m in layer_maps]).mean(0)
-        return Output(anomaly_map, score, {"layer_maps": layer_maps, "logits": logits})
+        anomaly_map = torch.stack([(m[:, 1] + 1 - m[:, 0]) / 2 for m in maps]).mean(0)
+        return Output(anomaly_map, score, {"layer_maps": maps, "logits": logits})
 
     def loss(self, out: Output, batch: dict) -> dict[str, torch.Tensor]:
-        mask, label = batch["mask"], batch["label"]
-        pixel = 0
-        for m in out.aux["layer_maps"]:
-            pixel = pixel + multiclass_focal(m, mask) + dice(m[:, 1], mask) + dice(m[:, 0], 1 - mask)
-        image = F.cross_entropy(out.aux["logits"], label)
+        pixel = segmentation_loss(out.aux["layer_maps"], batch["mask"])
+        image = F.cross_entropy(out.aux["logits"], batch["label"])
         return {"pixel": pixel, "image": image, "total": pixel + image}

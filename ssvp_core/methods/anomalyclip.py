@@ -1,0 +1,132 @@
+"""AnomalyCLIP (Zhou et al., ICLR 2024): object-agnostic prompt learning (peers-and-datasets.md §1).
+
+    prompts   "[X]x12 object." and "[X]x12 damaged object." with 12 learnable context vectors each, plus deep
+              text prompts: before text blocks 1..8, 4 learnable tokens replace positions 1..4 (depth 9).
+    DPAM      from block `dpam_start` on, a second stream runs V-V self-attention (q = k = v from the block's own
+              weights, no FFN) next to the unchanged blocks; patch tokens come from that stream, the global feature
+              from the original one (ln_post, proj).
+    scores    map = softmax(patch . T / 0.07)[abnormal], upsampled, summed over tapped layers, Gaussian sigma 4 at
+              test; image score = softmax(CLS . T / 0.07)[abnormal] (no map term).
+    loss      CE on the image logits + 4 x sum over layers of [focal + dice(abnormal) + dice(normal)].
+    training  Adam(0.5, 0.999), lr 1e-3, 15 epochs, batch 8, only the prompts train.
+
+Layers (§1.3): the published numbers come from layer 24 only (`layers=published`, default); `layers=nominal` taps
+6/12/18/24, and `tap_bug=true` reproduces the pre-2025 in-place bug that made all four taps equal the last layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..backbones import autocast_context, get_clip
+from ..data.loader import batch_view
+from ..errors import ConfigError
+from ..prompts import PromptEncoder, placeholder_template
+from .base import Detector, Output
+from .common import layer_maps, segmentation_loss
+
+
+@dataclass
+class AnomalyCLIPOptions:
+    n_ctx: int = 12
+    text_depth: int = 9  # deep text prompts in blocks 1 .. depth-1
+    text_tokens: int = 4
+    dpam: bool = True
+    dpam_start: int = 6  # first 1-based block with the V-V path (DPAM_layer=20 on 24 blocks)
+    layers: str = "published"  # published (last tapped layer only) | nominal (every tapped layer)
+    tap_bug: bool = False  # nominal layers, but every tap equals the last layer (the bug fixed in 2025)
+    temperature: float = 0.07
+    lambda_local: float = 4.0
+
+
+class AnomalyCLIP(Detector):
+    name = "anomalyclip"
+
+    def __init__(self, options: AnomalyCLIPOptions, backbone, image_size: int):
+        super().__init__(options, backbone, image_size)
+        o = options
+        if o.layers not in ("published", "nominal"):
+            raise ConfigError("anomalyclip option layers must be published or nominal")
+        self.clip = get_clip(backbone.clip)
+        w = self.clip.text_width
+        self.prompt_encoder = PromptEncoder(self.clip)
+        self.ctx_normal = nn.Parameter(torch.randn(o.n_ctx, w) * 0.02)
+        self.ctx_abnormal = nn.Parameter(torch.randn(o.n_ctx, w) * 0.02)
+        depth = min(o.text_depth, len(self.clip.text_blocks))
+        # block 0 keeps the template's own tokens; blocks 1..depth-1 get learnable replacements
+        self.deep_text = nn.Parameter(torch.randn(max(depth - 1, 0), o.text_tokens, w) * 0.02)
+        self.templates = [placeholder_template(o.n_ctx, "object."), placeholder_template(o.n_ctx, "damaged object.")]
+
+    def frozen_modules(self):
+        return [self.clip]
+
+    def input_sizes(self):
+        return [self.backbone_cfg.clip.image_size]
+
+    def prompt_parameters(self):
+        return [self.ctx_normal, self.ctx_abnormal, self.deep_text]
+
+    def _text_hook(self):
+        tokens = self.deep_text
+
+        def hook(j: int, x: torch.Tensor) -> torch.Tensor:
+            if 1 <= j <= tokens.shape[0]:
+                n = tokens.shape[1]
+                return torch.cat([x[:, :1], tokens[j - 1].expand(x.shape[0], -1, -1).to(x.dtype), x[:, 1 + n:]], 1)
+            return x
+
+        return hook
+
+    def text_features(self) -> torch.Tensor:
+        slots = torch.stack([self.ctx_normal, self.ctx_abnormal])
+        feats = self.prompt_encoder(self.templates, slots, hook=self._text_hook())
+        return F.normalize(feats.float(), dim=-1)  # (2, D)
+
+    def _vv_attention(self, blk, x: torch.Tensor) -> torch.Tensor:
+        """V-V self-attention with the block's own value and output projections (DPAM)."""
+        attn = blk.attn
+        W = x.shape[-1]
+        h = attn.num_heads
+        v = F.linear(blk.ln_1(x), attn.in_proj_weight[2 * W:], attn.in_proj_bias[2 * W:] if attn.in_proj_bias is not None else None)
+        B, L, _ = v.shape
+        v = v.view(B, L, h, W // h).transpose(1, 2)
+        out = F.scaled_dot_product_attention(v, v, v).transpose(1, 2).reshape(B, L, W)
+        return attn.out_proj(out)
+
+    def visual(self, x: torch.Tensor):
+        o = self.options
+        taps_idx = self.clip.tap_indices if o.layers == "nominal" else self.clip.tap_indices[-1:]
+        h = self.clip.embed_image(x)
+        side, taps = None, []
+        for i, blk in enumerate(self.clip.blocks):
+            if o.dpam and i + 1 >= o.dpam_start:
+                side = h if side is None else side
+                side = side + self._vv_attention(blk, side)
+            h = blk(h)
+            if i in taps_idx:
+                source = side if (o.dpam and side is not None) else h
+                taps.append(source)
+        if o.tap_bug:
+            taps = [taps[-1]] * len(taps)
+        return h, taps
+
+    def forward(self, batch: dict) -> Output:
+        o = self.options
+        x = batch_view(batch, self.backbone_cfg.clip.image_size)
+        with torch.no_grad(), autocast_context(x.device, self.backbone_cfg.precision):
+            final, taps = self.visual(x)
+            cls = F.normalize(self.clip.project(final[:, 0]).float(), dim=-1)
+            patches = [F.normalize(self.clip.project(t[:, 1:]).float(), dim=-1) for t in taps]
+        text = self.text_features()
+        maps = layer_maps(patches, text, o.temperature, self.clip.grid, self.image_size, softmax_first=True)
+        anomaly_map = torch.stack([m[:, 1] for m in maps]).sum(0)
+        logits = cls @ text.T / o.temperature
+        return Output(anomaly_map, logits.softmax(-1)[:, 1], {"layer_maps": maps, "logits": logits})
+
+    def loss(self, out: Output, batch: dict) -> dict[str, torch.Tensor]:
+        local = segmentation_loss(out.aux["layer_maps"], batch["mask"])
+        image = F.cross_entropy(out.aux["logits"], batch["label"])
+        return {"local": local, "image": image, "total": image + self.options.lambda_local * local}
