@@ -19,7 +19,7 @@ $(STAMP): environment.yml pyproject.toml tools/pip_requirements.py
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/ssvp demo --profile smoke
+	$(BIN)/ssvp reproduce --profile smoke --jobs 2
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,4 @@
-"""`ssvp` command line: data, train, eval, predict, reproduce, demo.
+"""`ssvp` command line: data, train, eval, predict, reproduce.
 
 User errors (SSVPError) print one clear message and exit with status 2; anything else is a bug and keeps its traceback.
 """
@@ -197,10 +197,19 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from .demo import run_demo
+def cmd_reproduce(args) -> int:
+    from .reports.runner import reproduce
 
-    run_demo(args.profile, Path(args.out) if args.out else None)
+    index = reproduce(args.profile, only=args.only, jobs=args.jobs, overrides=args.set, force=args.force,
+                      reports_dir=args.reports)
+    import json
+
+    status = json.loads((index.parent / "status.json").read_text())
+    failed = [n for n, s in status.items() if s["status"] != "ok"]
+    print(f"report: {index}")
+    if failed:
+        print(f"failed notebooks: {failed} (see the index for their errors)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -232,10 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-name", default="object", help="product name used in the text prompts")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
-    p = sub.add_parser("demo", help="the main job on the embedded default (smoke profile)")
-    p.add_argument("--profile", default="smoke")
-    p.add_argument("--out", help="report folder (default reports/<profile>)")
-    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("reproduce", help="run the notebooks (papermill) and build reports/<profile>/index.html")
+    p.add_argument("--profile", default="smoke", help="smoke (tiny models, synthetic data) | paper | a preset YAML")
+    p.add_argument("--only", nargs="+", help="notebook names (default: all): table1 table2 table3 table4 table5 "
+                                             "qualitative tsne sensitivity efficiency vip2clip dapo")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks run at once")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override applied to every experiment")
+    p.add_argument("--force", action="store_true", help="re-run notebooks even when nothing changed")
+    p.add_argument("--reports", default="reports", help="reports root (default: reports)")
+    p.set_defaults(func=cmd_reproduce)
     return parser
 
 

@@ -188,3 +188,12 @@ def test_realiad_json_layout(tmp_path):
                  {"category": "switch", "anomaly_class": "HS", "image_path": "NG/HS/S0002/b.jpg", "mask_path": "NG/HS/S0002/b.png"}]}))
     samples = read_dataset("real-iad", root)
     assert [(s.cls, s.label, s.defect) for s in samples] == [("switch", 0, "good"), ("switch", 1, "scratch")]
+
+
+def test_ksdd1_published_layout(tmp_path):
+    root = tmp_path / "ksdd"
+    write_image(root / "kos01" / "Part0.jpg")
+    write_mask(root / "kos01" / "Part0_label.bmp", box=(0, 0, 0, 0))
+    write_image(root / "kos01" / "Part1.jpg")
+    write_mask(root / "kos01" / "Part1_label.bmp")
+    assert [(s.image.name, s.label) for s in read_dataset("ksdd", root)] == [("Part0.jpg", 0), ("Part1.jpg", 1)]

@@ -21,7 +21,7 @@ def test_training_improves_held_out_pixel_auroc(method, learning_root, tmp_path)
 
 @pytest.mark.slow
 def test_aprilgan_fits_its_training_classes(learning_root, tmp_path):
-    cfg = smoke_config("aprilgan", f"out_dir={tmp_path}", root=learning_root)
+    cfg = smoke_config("aprilgan", f"out_dir={tmp_path}", "train.epochs=10", root=learning_root)
     seen = DatasetRef("synth-a", str(learning_root / "synth-a"))
     before = held_out_means(build_detector(cfg), cfg, seen)
     after = held_out_means(train(cfg, progress=False).detector, cfg, seen)

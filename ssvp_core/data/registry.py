@@ -10,7 +10,7 @@ from .meta import scan_meta
 from .mvtec import scan_mvtec_layout
 from .realiad import scan_realiad
 from .records import Sample, ScanResult, raise_if_problems, require_nonempty
-from .surface import scan_dagm, scan_ksdd2, scan_rsdd
+from .surface import scan_dagm, scan_ksdd, scan_ksdd2, scan_rsdd
 from .visa import scan_visa
 from ..errors import DataError
 
@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("mpdd", "MPDD", scan_mvtec_layout, "https://github.com/stepanje/MPDD"),
     Benchmark("dtd", "DTD-Synthetic", scan_mvtec_layout, "Google-Drive link in the AnomalyCLIP README"),
     Benchmark("ksdd2", "KolektorSDD2", scan_ksdd2, "https://www.vicos.si/resources/kolektorsdd2/ (or Bayes-PFL DATA_three)"),
+    Benchmark("ksdd", "KolektorSDD (v1)", scan_ksdd, "https://www.vicos.si/resources/kolektorsdd/ (or the AnomalyCLIP / AdaCLIP processed copy)"),
     Benchmark("rsdd", "RSDD", scan_rsdd, "RSDDs (Type-I/II) (or Bayes-PFL DATA_three)"),
     Benchmark("dagm", "DAGM 2007", scan_dagm, "Kaggle 'DAGM 2007 competition dataset' (or Bayes-PFL DATA_three)"),
     Benchmark("mad-sim", "MAD-Sim (PAD, 20 LEGO animals, simulated)", scan_mvtec_layout, "https://github.com/EricLee0224/PAD"),

@@ -126,3 +126,33 @@ def scan_dagm(root: Path, split: str = "test", dataset: str = "dagm") -> ScanRes
         if not images:
             result.add("empty-class", sdir, f"class {cdir.name!r} has no images in {sub}/")
     return result
+
+
+def scan_ksdd(root: Path, split: str = "test", dataset: str = "ksdd") -> ScanResult:
+    """KolektorSDD (v1): <root>/kosNN/PartK.jpg + PartK_label.bmp (all-zero label = normal); one class.
+
+    The published set has no split; every image is read as test. The AnomalyCLIP / AdaCLIP processed copies
+    (3 crops per image, MVTec layout) are read through the MVTec-style fallback."""
+    root = Path(root)
+    folders = sorted(d for d in root.glob("kos*") if d.is_dir()) if root.is_dir() else []
+    if not folders:
+        if class_dirs(root):
+            return scan_mvtec_layout(root, split, dataset)
+        result = ScanResult()
+        result.add("layout", root, "expected KolektorSDD kosNN/PartK.jpg + PartK_label.bmp folders or the MVTec-style processed copy")
+        return result
+    result = ScanResult()
+    if split != "test":
+        return result
+    for folder in folders:
+        for img in (p for p in list_images(folder) if not p.stem.endswith("_label")):
+            label = next((c for c in folder.glob(f"{img.stem}_label.*")), None)
+            if label is None:
+                result.add("missing-mask", img, f"no {img.stem}_label.bmp beside it; restore it from KolektorSDD")
+                continue
+            empty = _mask_is_empty(label, result)
+            if empty is None:
+                continue
+            result.samples.append(Sample(img, None if empty else label, "electrical commutators", 0 if empty else 1,
+                                         NORMAL if empty else "defect", dataset))
+    return result

@@ -10,6 +10,8 @@ slice of every global batch.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
 import time
@@ -77,8 +79,29 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
+@contextlib.contextmanager
+def run_lock(folder: Path):
+    """An exclusive lock on a run folder: concurrent jobs needing the same checkpoint train it once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def train(cfg: RunConfig, resume: bool = True, progress: bool = True, max_steps: int | None = None,
           checkpoint_path: Path | None = None) -> TrainResult:
+    """Train `cfg.method` on the auxiliary dataset (see `_train`); holds the run folder's lock while it works."""
+    path = Path(checkpoint_path) if checkpoint_path else run_dir(cfg) / ckpt.CHECKPOINT_NAME
+    if dist_info().enabled:
+        return _train(cfg, resume, progress, max_steps, path)
+    with run_lock(path.parent):
+        return _train(cfg, resume, progress, max_steps, path)
+
+
+def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, path: Path) -> TrainResult:
     """Train `cfg.method` on the auxiliary dataset; returns the final checkpoint.
 
     resume: continue from `checkpoint.pt` in the run folder when it exists (a complete run is not repeated).
@@ -87,7 +110,6 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, max_steps:
     info = dist_info()
     device = resolve_device(cfg.device, info.local_rank)
     init_distributed(info, device)
-    path = Path(checkpoint_path) if checkpoint_path else run_dir(cfg) / ckpt.CHECKPOINT_NAME
     seed_everything(cfg.train.seed)
     detector = build_detector(cfg)
     if not detector.trainable:

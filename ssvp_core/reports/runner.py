@@ -1,0 +1,148 @@
+"""`ssvp reproduce`: execute the notebooks with papermill into reports/<profile>/ and build the index.
+
+* Each notebook runs with parameters (profile, out_dir, overrides) into a work folder; only when it succeeds does
+  the folder replace reports/<profile>/<name>/ (tables, figures, manifest, the executed notebook and its HTML).
+  A failing notebook is marked failed in status.json and the index, with its error; its earlier good outputs stay.
+* Trained models and evaluations are cached by config fingerprint (runs/), so notebooks share them; a notebook
+  whose inputs (notebook file, parameters, package sources) did not change since its last success is skipped.
+* --jobs N runs N notebooks at once, each kernel with cores / N threads; the engine's run-folder lock makes two
+  notebooks needing the same model train it once.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+from .. import io
+from ..errors import ConfigError
+from .pages import PAGES
+
+PACKAGE = Path(__file__).resolve().parents[1]
+DEFAULT_NOTEBOOKS = PACKAGE.parent / "notebooks"
+ORDER = list(PAGES)
+
+
+def sources_digest() -> str:
+    h = hashlib.sha256()
+    for p in sorted(PACKAGE.rglob("*")):
+        if p.suffix in (".py", ".yaml", ".csv", ".json") and "__pycache__" not in p.parts:
+            h.update(p.relative_to(PACKAGE).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def notebook_path(name: str, notebooks_dir: Path) -> Path:
+    return Path(notebooks_dir) / f"{name}.ipynb"
+
+
+def run_one(name: str, profile: str, report_dir: str, notebooks_dir: str, overrides: list[str], threads: int | None) -> dict:
+    """Execute one notebook (in a worker process) and move its outputs into place on success."""
+    import papermill as pm
+
+    report_dir, started = Path(report_dir), time.time()
+    final = report_dir / name
+    work = report_dir / ".work" / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env_threads = {"SSVP_THREADS": str(threads)} if threads else {}
+    os.environ.update(env_threads)
+    params = {"profile": profile, "out_dir": str(work), "overrides": list(overrides)}
+    executed = work / f"{name}.ipynb"
+    try:
+        pm.execute_notebook(str(notebook_path(name, Path(notebooks_dir))), str(executed), parameters=params,
+                            kernel_name="python3", progress_bar=False, cwd=str(Path.cwd()))
+        _export_html(executed, work / f"{name}.html")
+        _fix_paths(work, final)
+    except Exception as e:  # the notebook failed: keep the earlier outputs, record the error
+        error = _describe(e)
+        if executed.is_file():
+            failed = report_dir / f"{name}.failed.ipynb"
+            shutil.copy(executed, failed)
+        shutil.rmtree(work, ignore_errors=True)
+        return {"status": "failed", "error": error, "seconds": time.time() - started}
+    backup = report_dir / ".work" / f"{name}.old"
+    shutil.rmtree(backup, ignore_errors=True)
+    if final.exists():
+        final.rename(backup)
+    work.rename(final)
+    shutil.rmtree(backup, ignore_errors=True)
+    (report_dir / f"{name}.failed.ipynb").unlink(missing_ok=True)
+    return {"status": "ok", "error": "", "seconds": time.time() - started}
+
+
+def _fix_paths(work: Path, final: Path) -> None:
+    """The notebook wrote out_dir = the work folder; record the final folder in its manifest."""
+    manifest = work / "manifest.json"
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        data["out_dir"] = str(final)
+        io.write_json(manifest, data)
+
+
+def _export_html(notebook: Path, html: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter(template_name="lab", exclude_input=True).from_notebook_node(nbformat.read(notebook, as_version=4))
+    io.write_text(html, body)
+
+
+def _describe(e: Exception) -> str:
+    ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
+    if ename:
+        return f"{ename}: {evalue}"
+    return "".join(traceback.format_exception_only(type(e), e)).strip()
+
+
+def reproduce(profile: str = "smoke", only: list[str] | None = None, jobs: int = 1, overrides: list[str] | None = None,
+              force: bool = False, reports_dir: str | Path = "reports", notebooks_dir: str | Path | None = None,
+              log=print) -> Path:
+    from .site import build_index
+
+    notebooks_dir = Path(notebooks_dir or DEFAULT_NOTEBOOKS)
+    names = ORDER if not only else list(only)
+    unknown = [n for n in names if n not in PAGES or not notebook_path(n, notebooks_dir).is_file()]
+    if unknown:
+        raise ConfigError(f"unknown notebook(s) {unknown}; available: {[n for n in ORDER if notebook_path(n, notebooks_dir).is_file()]}")
+    report_dir = Path(reports_dir) / profile
+    report_dir.mkdir(parents=True, exist_ok=True)
+    status_path = report_dir / "status.json"
+    status = json.loads(status_path.read_text()) if status_path.is_file() else {}
+    digest = sources_digest()
+    overrides = list(overrides or [])
+    todo = []
+    for name in names:
+        key = hashlib.sha256(json.dumps([notebook_path(name, notebooks_dir).read_text(), profile, overrides, digest]).encode()).hexdigest()[:16]
+        previous = status.get(name, {})
+        if not force and previous.get("status") == "ok" and previous.get("key") == key and (report_dir / name / "manifest.json").is_file():
+            log(f"{name}: unchanged since its last successful run, skipped")
+            continue
+        todo.append((name, key))
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs)) if jobs > 1 else None
+    if profile == "smoke" and todo:  # generate the synthetic data once, before parallel notebooks race for it
+        from .pages import Page
+
+        Page("setup", profile, str(report_dir / ".work" / "setup"))
+    with cf.ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(run_one, name, profile, str(report_dir), str(notebooks_dir), overrides, threads): (name, key)
+                   for name, key in todo}
+        for fut in cf.as_completed(futures):
+            name, key = futures[fut]
+            try:
+                result = fut.result()
+            except Exception as e:  # the worker itself died
+                result = {"status": "failed", "error": _describe(e), "seconds": 0.0}
+            result.update(key=key if result["status"] == "ok" else status.get(name, {}).get("key"),
+                          finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+            status[name] = result
+            io.write_json(status_path, status)
+            log(f"{name}: {result['status']} in {result['seconds']:.0f} s" + (f" ({result['error']})" if result["error"] else ""))
+            build_index(report_dir, profile, status)
+    shutil.rmtree(report_dir / ".work", ignore_errors=True)
+    return build_index(report_dir, profile, status)
