@@ -16,10 +16,9 @@ import time
 import numpy as np
 import torch
 from scipy import ndimage
-from skimage import measure
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
 from ssvp_core.metrics import pixel_metrics
+from ssvp_core.metrics.reference import cflow_aupro, sklearn_pixel_metrics
 
 
 def make_maps(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,40 +41,8 @@ def make_maps(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return maps, masks
 
 
-def peer_cal_pro_score(masks: np.ndarray, amaps: np.ndarray, max_step: int = 200, expect_fpr: float = 0.3) -> float:
-    """cflow-ad's AUPRO as AnomalyCLIP's metrics.py runs it (rewritten here, behaviour kept)."""
-    binary_amaps = np.zeros_like(amaps, dtype=bool)
-    min_th, max_th = amaps.min(), amaps.max()
-    delta = (max_th - min_th) / max_step
-    pros, fprs = [], []
-    for th in np.arange(min_th, max_th, delta):
-        binary_amaps[amaps <= th], binary_amaps[amaps > th] = 0, 1
-        pro = []
-        for binary_amap, mask in zip(binary_amaps, masks):
-            for region in measure.regionprops(measure.label(mask)):
-                tp_pixels = binary_amap[region.coords[:, 0], region.coords[:, 1]].sum()
-                pro.append(tp_pixels / region.area)
-        inverse_masks = 1 - masks
-        fp_pixels = np.logical_and(inverse_masks, binary_amaps).sum()
-        pros.append(np.array(pro).mean())
-        fprs.append(fp_pixels / inverse_masks.sum())
-    pros, fprs = np.array(pros), np.array(fprs)
-    keep = fprs < expect_fpr
-    fprs = fprs[keep]
-    fprs = (fprs - fprs.min()) / (fprs.max() - fprs.min())
-    return auc(fprs, pros[keep])
-
-
 def peer_path(maps: np.ndarray, masks: np.ndarray) -> dict[str, float]:
-    gt, pr = masks.ravel(), maps.ravel()
-    precision, recall, _ = precision_recall_curve(gt, pr)
-    f1 = 2 * precision * recall / (precision + recall)
-    return {
-        "auroc": roc_auc_score(gt, pr),
-        "ap": average_precision_score(gt, pr),
-        "f1_max": float(np.max(f1[np.isfinite(f1)])),
-        "aupro_legacy": peer_cal_pro_score(masks, maps),
-    }
+    return {**sklearn_pixel_metrics(maps, masks), "aupro_legacy": cflow_aupro(masks, maps)}
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny import GRID, SIZE, smoke_config, tiny_backbone
+from tiny import GRID, SIZE, random_batch, smoke_config, tiny_backbone
 from ssvp_core.methods.adaclip import AdaCLIP, AdaCLIPOptions, kmeans
 from ssvp_core.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPOptions
 from ssvp_core.methods.aprilgan import APRILGAN, APRILGANOptions
@@ -13,11 +13,7 @@ from ssvp_core.methods.winclip import WinCLIP, WinCLIPOptions, harmonic_aggregat
 
 
 def batch(n=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(n, SIZE, SIZE)
-    mask[0, 40:60, 40:70] = 1
-    return {"image": torch.rand(n, 3, SIZE, SIZE, generator=g), "mask": mask, "label": torch.tensor([1] + [0] * (n - 1)),
-            "cls": ["bottle"] * n, "defect": ["x"] + ["good"] * (n - 1), "dataset": ["d"] * n}
+    return random_batch(n, seed, defect="x", box=(40, 60, 40, 70))
 
 
 # ---- WinCLIP -------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 from sklearn.preprocessing import label_binarize
 
-from tiny import SIZE, smoke_config, tiny_backbone
+from tiny import SIZE, random_batch, smoke_config, tiny_backbone
 from ssvp_core.data.defects import MVTEC_TRAIN, vocabulary
 from ssvp_core.engine.infer import evaluate
 from ssvp_core.engine.multitype import multitype_hook
@@ -21,11 +21,7 @@ def make(**o):
 
 
 def batch(n=3):
-    g = torch.Generator().manual_seed(2)
-    mask = torch.zeros(n, SIZE, SIZE)
-    mask[0, 10:30, 10:30] = 1
-    return {"image": torch.rand(n, 3, SIZE, SIZE, generator=g), "mask": mask, "label": torch.tensor([1] + [0] * (n - 1)),
-            "cls": ["weave"] * n, "defect": ["hole"] + ["good"] * (n - 1), "dataset": ["synth-a"] * n}
+    return random_batch(n, seed=2, classes=("weave",), defect="hole", dataset="synth-a", box=(10, 30, 10, 30))
 
 
 def test_progressive_token_update():

@@ -5,11 +5,11 @@ import warnings
 import numpy as np
 import pytest
 from scipy import ndimage
-from skimage import measure
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from ssvp_core.errors import MetricUndefinedWarning
 from ssvp_core.metrics import evaluate_class, pixel_metrics, ranking_metrics, results_frame
+from ssvp_core.metrics.reference import cflow_aupro
 
 
 def _random_case(rng, n, kind):
@@ -103,26 +103,6 @@ def brute_force_aupro(maps, masks, limit=0.3):
     return area / limit
 
 
-def cflow_reference(masks, amaps, max_step=200, expect_fpr=0.3):
-    """cflow-ad's loop as peers run it (skimage regions per threshold)."""
-    binary = np.zeros_like(amaps, dtype=bool)
-    lo, hi = amaps.min(), amaps.max()
-    delta = (hi - lo) / max_step
-    pros, fprs = [], []
-    for th in np.arange(lo, hi, delta):
-        binary[amaps <= th], binary[amaps > th] = 0, 1
-        pro = [binary[i][r.coords[:, 0], r.coords[:, 1]].sum() / r.area
-               for i, m in enumerate(masks) for r in measure.regionprops(measure.label(m))]
-        inv = 1 - masks
-        fprs.append(np.logical_and(inv, binary).sum() / inv.sum())
-        pros.append(np.mean(pro))
-    pros, fprs = np.array(pros), np.array(fprs)
-    keep = fprs < expect_fpr
-    f = fprs[keep]
-    f = (f - f.min()) / (f.max() - f.min())
-    return auc(f, pros[keep])
-
-
 def _pixel_case(rng, n=4, size=24, kind="continuous"):
     masks = np.zeros((n, size, size), np.uint8)
     for i in range(n):
@@ -153,7 +133,7 @@ def test_aupro_exact_matches_brute_force(kind, seed):
 def test_aupro_legacy_matches_cflow_loop(seed):
     maps, masks = _pixel_case(np.random.default_rng(100 + seed), n=3, size=20)
     ours = pixel_metrics(maps, masks, aupro=("legacy_cflow200",))
-    assert abs(ours["aupro_legacy"] - cflow_reference(masks, maps)) < 1e-9
+    assert abs(ours["aupro_legacy"] - cflow_aupro(masks, maps)) < 1e-9
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiny import GRID, SIZE, tiny_backbone
+from tiny import GRID, SIZE, random_batch, tiny_backbone
 from ssvp_core.errors import ConfigError
 from ssvp_core.methods.ssvp import ATF, SSVP, SSVPOptions, VCPG
 
@@ -16,12 +16,7 @@ def make(**options) -> SSVP:
 
 
 def batch(n=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(n, SIZE, SIZE)
-    mask[0, 30:50, 40:60] = 1
-    return {"image": torch.rand(n, 3, SIZE, SIZE, generator=g),
-            "mask": mask, "label": torch.tensor([1] + [0] * (n - 1)), "cls": ["bottle", "bottle", "metal_nut"][:n],
-            "defect": ["crack"] + ["good"] * (n - 1)}
+    return random_batch(n, seed, classes=("bottle", "bottle", "metal_nut"))
 
 
 def test_shapes_at_each_stage():

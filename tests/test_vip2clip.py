@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from tiny import SIZE, tiny_backbone
+from tiny import SIZE, random_batch, tiny_backbone
 from ssvp_core.config import TrainConfig
 from ssvp_core.methods.vip2clip import FGP, ViP2CLIP, ViP2CLIPOptions
 
@@ -13,11 +13,7 @@ def make(**o):
 
 
 def batch(n=3):
-    g = torch.Generator().manual_seed(1)
-    mask = torch.zeros(n, SIZE, SIZE)
-    mask[0, 20:40, 20:50] = 1
-    return {"image": torch.rand(n, 3, SIZE, SIZE, generator=g), "mask": mask, "label": torch.tensor([1] + [0] * (n - 1)),
-            "cls": ["a"] * n, "defect": ["x"] + ["good"] * (n - 1), "dataset": ["d"] * n}
+    return random_batch(n, seed=1, classes=("a",), defect="x", box=(20, 40, 20, 50))
 
 
 def test_prompts_are_image_conditioned_and_class_name_free():

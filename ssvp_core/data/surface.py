@@ -16,13 +16,32 @@ from .mvtec import class_dirs, scan_mvtec_layout
 from .records import NORMAL, Sample, ScanResult
 
 
-def _mask_is_empty(mask: Path, result: ScanResult) -> bool | None:
+def _fallback(root: Path, split: str, dataset: str, expected: str) -> ScanResult:
+    """The published layout is absent: read the MVTec-style processed copy if there is one, else report the layout."""
+    if class_dirs(root):
+        return scan_mvtec_layout(root, split, dataset)
+    result = ScanResult()
+    result.add("layout", root, f"expected {expected} or the MVTec-style processed copy (data/README.md)")
+    return result
+
+
+def _report_orphans(masks: dict[str, Path], images: list[Path], what: str, result: ScanResult) -> None:
+    """Masks (by image stem) whose image is missing."""
+    stems = {p.stem for p in images}
+    for stem, mask in masks.items():
+        if stem not in stems:
+            result.add("orphan-mask", mask, f"{what} without image; delete it or restore the image")
+
+
+def _gt_sample(image: Path, gt: Path, cls: str, dataset: str, result: ScanResult) -> None:
+    """A sample labelled by its ground truth: an all-zero GT means a normal image (KSDD, KSDD2, RSDD)."""
     try:
-        with Image.open(mask) as im:
-            return not np.asarray(im).any()
+        with Image.open(gt) as im:
+            empty = not np.asarray(im).any()
     except Exception as e:  # reported, not raised: verify lists everything at once
-        result.add("unreadable-mask", mask, f"cannot decode mask ({e}); replace it with an intact copy")
-        return None
+        result.add("unreadable-mask", gt, f"cannot decode mask ({e}); replace it with an intact copy")
+        return
+    result.samples.append(Sample(image, None if empty else gt, cls, 0 if empty else 1, NORMAL if empty else "defect", dataset))
 
 
 def scan_ksdd2(root: Path, split: str = "test", dataset: str = "ksdd2") -> ScanResult:
@@ -30,26 +49,16 @@ def scan_ksdd2(root: Path, split: str = "test", dataset: str = "ksdd2") -> ScanR
     root = Path(root)
     split_dir = root / split
     if not (split_dir.is_dir() and any(p.stem.endswith("_GT") for p in list_images(split_dir))):
-        if class_dirs(root):
-            return scan_mvtec_layout(root, split, dataset)
-        result = ScanResult()
-        result.add("layout", root, "expected KolektorSDD2 (<root>/{train,test}/NNNNN.png + NNNNN_GT.png) or the MVTec-style processed copy")
-        return result
+        return _fallback(root, split, dataset, "KolektorSDD2 (<root>/{train,test}/NNNNN.png + NNNNN_GT.png)")
     result = ScanResult()
     images = [p for p in list_images(split_dir) if not p.stem.endswith("_GT")]
-    stems = {p.stem for p in images}
     for img in images:
         gt = next((c for c in (split_dir / f"{img.stem}_GT.png", split_dir / f"{img.stem}_GT{img.suffix}") if c.is_file()), None)
         if gt is None:
             result.add("missing-mask", img, f"no {img.stem}_GT.png beside it; restore it from KolektorSDD2")
             continue
-        empty = _mask_is_empty(gt, result)
-        if empty is None:
-            continue
-        result.samples.append(Sample(img, None if empty else gt, "ksdd2", 0 if empty else 1, NORMAL if empty else "defect", dataset))
-    for gt in list_images(split_dir):
-        if gt.stem.endswith("_GT") and gt.stem[:-3] not in stems:
-            result.add("orphan-mask", gt, "GT without image; delete it or restore the image")
+        _gt_sample(img, gt, "ksdd2", dataset, result)
+    _report_orphans({gt.stem[:-3]: gt for gt in list_images(split_dir) if gt.stem.endswith("_GT")}, images, "GT", result)
     if not result.samples and not result.problems:
         result.add("empty-class", split_dir, "no images")
     return result
@@ -66,11 +75,7 @@ def scan_rsdd(root: Path, split: str = "test", dataset: str = "rsdd") -> ScanRes
     root = Path(root)
     present = [(root / d, cls) for d, cls in RSDD_TYPES.items() if (root / d).is_dir()]
     if not present:
-        if class_dirs(root):
-            return scan_mvtec_layout(root, split, dataset)
-        result = ScanResult()
-        result.add("layout", root, "expected 'Type-I RSDDs dataset/' and/or 'Type-II RSDDs dataset/' or the MVTec-style processed copy")
-        return result
+        return _fallback(root, split, dataset, "'Type-I RSDDs dataset/' and/or 'Type-II RSDDs dataset/'")
     result = ScanResult()
     if split != "test":
         return result
@@ -83,14 +88,8 @@ def scan_rsdd(root: Path, split: str = "test", dataset: str = "rsdd") -> ScanRes
             if gt is None:
                 result.add("missing-mask", img, f"no GroundTruth/{img.stem}.* ; restore it from RSDD")
                 continue
-            empty = _mask_is_empty(gt, result)
-            if empty is None:
-                continue
-            result.samples.append(Sample(img, None if empty else gt, cls, 0 if empty else 1, NORMAL if empty else "defect", dataset))
-        stems = {p.stem for p in images}
-        for stem, gt in gts.items():
-            if stem not in stems:
-                result.add("orphan-mask", gt, "GroundTruth without image; delete it or restore the image")
+            _gt_sample(img, gt, cls, dataset, result)
+        _report_orphans(gts, images, "GroundTruth", result)
         if not images:
             result.add("empty-class", img_dir, f"class {cls!r} has no images")
     return result
@@ -101,11 +100,7 @@ def scan_dagm(root: Path, split: str = "test", dataset: str = "dagm") -> ScanRes
     root = Path(root)
     classes = sorted(d for d in root.glob("Class*") if d.is_dir()) if root.is_dir() else []
     if not classes:
-        if class_dirs(root):
-            return scan_mvtec_layout(root, split, dataset)
-        result = ScanResult()
-        result.add("layout", root, "expected DAGM ClassN/{Train,Test}/ folders (Kaggle upload) or the MVTec-style processed copy")
-        return result
+        return _fallback(root, split, dataset, "DAGM ClassN/{Train,Test}/ folders (Kaggle upload)")
     result = ScanResult()
     sub = "Test" if split == "test" else "Train"
     for cdir in classes:
@@ -119,10 +114,7 @@ def scan_dagm(root: Path, split: str = "test", dataset: str = "dagm") -> ScanRes
                 result.samples.append(Sample(img, None, cdir.name, 0, NORMAL, dataset))
             else:
                 result.samples.append(Sample(img, lab, cdir.name, 1, "defect", dataset))
-        stems = {p.stem for p in images}
-        for stem, lab in labels.items():
-            if stem not in stems:
-                result.add("orphan-mask", lab, "label without image; delete it or restore the image")
+        _report_orphans(labels, images, "label", result)
         if not images:
             result.add("empty-class", sdir, f"class {cdir.name!r} has no images in {sub}/")
     return result
@@ -136,11 +128,7 @@ def scan_ksdd(root: Path, split: str = "test", dataset: str = "ksdd") -> ScanRes
     root = Path(root)
     folders = sorted(d for d in root.glob("kos*") if d.is_dir()) if root.is_dir() else []
     if not folders:
-        if class_dirs(root):
-            return scan_mvtec_layout(root, split, dataset)
-        result = ScanResult()
-        result.add("layout", root, "expected KolektorSDD kosNN/PartK.jpg + PartK_label.bmp folders or the MVTec-style processed copy")
-        return result
+        return _fallback(root, split, dataset, "KolektorSDD kosNN/PartK.jpg + PartK_label.bmp folders")
     result = ScanResult()
     if split != "test":
         return result
@@ -150,9 +138,5 @@ def scan_ksdd(root: Path, split: str = "test", dataset: str = "ksdd") -> ScanRes
             if label is None:
                 result.add("missing-mask", img, f"no {img.stem}_label.bmp beside it; restore it from KolektorSDD")
                 continue
-            empty = _mask_is_empty(label, result)
-            if empty is None:
-                continue
-            result.samples.append(Sample(img, None if empty else label, "electrical commutators", 0 if empty else 1,
-                                         NORMAL if empty else "defect", dataset))
+            _gt_sample(img, label, "electrical commutators", dataset, result)
     return result

@@ -46,19 +46,23 @@ def _row(dataset, cls, method, metric, ours: float, paper_value: float, **extra)
             "paper": paper_value, "delta": delta, **extra}
 
 
-def table1(profile: str, datasets: list[str] | None = None, methods: list[str] | None = None,
-           overrides: tuple[str, ...] = ()) -> pd.DataFrame:
-    datasets = datasets or experiments.targets(profile)
-    methods = methods or TABLE1_METHODS
-    paper = reported("SSVP", "Table 1")
+def comparison(profile: str, datasets: list[str], methods: list[str], metrics: list[str], paper: pd.DataFrame,
+               overrides: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Dataset-mean metrics of every (dataset, method) beside the paper's numbers (the layout of both papers' Table 1)."""
     rows = []
     for ds in datasets:
         for method in methods:
             ev = experiments.evaluation(profile, method, ds, overrides)
-            for metric in IMAGE_METRICS + PIXEL_METRICS:
+            for metric in metrics:
                 rows.append(_row(ds, "mean", method, metric, ev.mean(metric),
                                  _paper_value(paper, experiments.paper_dataset(profile, ds), method, metric)))
     return pd.DataFrame(rows)
+
+
+def table1(profile: str, datasets: list[str] | None = None, methods: list[str] | None = None,
+           overrides: tuple[str, ...] = ()) -> pd.DataFrame:
+    return comparison(profile, datasets or experiments.targets(profile), methods or TABLE1_METHODS,
+                      IMAGE_METRICS + PIXEL_METRICS, reported("SSVP", "Table 1"), overrides)
 
 
 def table2(profile: str, dataset: str = "mvtec", methods: list[str] | None = None, overrides: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -143,17 +147,10 @@ def sensitivity(profile: str, parameter: str, values: list[float], dataset: str 
 def vip2clip_table(profile: str, datasets: list[str] | None = None, methods: list[str] | None = None,
                    overrides: tuple[str, ...] = (), table: str = "Table 1") -> pd.DataFrame:
     """ViP2-CLIP's Tables 1-2: image (AUROC, AP, F1-max) and pixel (AUROC, PRO, F1-max)."""
-    datasets = datasets or experiments.section(profile, "vip2clip_datasets", experiments.targets(profile))
-    methods = methods or ["winclip", "aprilgan", "anomalyclip", "adaclip", "vip2clip"]
-    paper = reported("ViP2-CLIP", table)
-    rows = []
-    for ds in datasets:
-        for method in methods:
-            ev = experiments.evaluation(profile, method, ds, overrides)
-            for metric in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro_legacy", "pixel_f1_max"):
-                rows.append(_row(ds, "mean", method, metric, ev.mean(metric),
-                                 _paper_value(paper, experiments.paper_dataset(profile, ds), method, metric)))
-    return pd.DataFrame(rows)
+    metrics = ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro_legacy", "pixel_f1_max"]
+    return comparison(profile, datasets or experiments.section(profile, "vip2clip_datasets", experiments.targets(profile)),
+                      methods or ["winclip", "aprilgan", "anomalyclip", "adaclip", "vip2clip"], metrics,
+                      reported("ViP2-CLIP", table), overrides)
 
 
 def dapo_tables(profile: str, datasets: list[str] | None = None, overrides: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
