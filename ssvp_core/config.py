@@ -13,7 +13,7 @@ import json
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -48,7 +48,7 @@ class DinoConfig:
 class BackboneConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     dino: DinoConfig = field(default_factory=DinoConfig)
-    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16
 
 
 @dataclass
@@ -60,10 +60,10 @@ class TrainConfig:
     batch_size: int = 8
     lr_prompt: float = 5e-4  # learnable prompt embeddings
     lr_head: float = 1e-4  # everything else trainable
-    optimizer: str = "adam"  # adam | adamw
+    optimizer: Literal["adam", "adamw"] = "adam"  # adam | adamw
     betas: tuple[float, float] = (0.5, 0.999)  # Bayes-PFL (SSVP.md §11 #16)
     weight_decay: float = 0.0
-    schedule: str = "cosine"  # cosine | constant
+    schedule: Literal["cosine", "constant"] = "cosine"  # cosine | constant
     warmup_frac: float = 0.1
     seed: int = 111
     num_workers: int = 0
@@ -141,7 +141,19 @@ def from_dict(cls, data: dict | None, where: str = "config"):
             kwargs[name] = tuple(value)
         else:
             kwargs[name] = _scalar(value, t, f"{where}.{name}")
-    return cls(**kwargs)
+    return check_choices(cls(**kwargs), where)
+
+
+def check_choices(obj, where: str = "config"):
+    """Every field annotated `Literal[...]` must hold one of its choices; the error names the key and the choices.
+    Returns `obj`, so dataclasses built in code (not from YAML) can be checked the same way."""
+    for name, t in _type_hints(type(obj)).items():
+        if typing.get_origin(t) is Literal:
+            choices = typing.get_args(t)
+            value = getattr(obj, name)
+            if value not in choices:
+                raise ConfigError(f"{where}.{name}={value!r} is not a valid choice; choose one of {', '.join(map(str, choices))}")
+    return obj
 
 
 def _scalar(value: Any, t: Any, where: str) -> Any:

@@ -31,3 +31,18 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
             raise RuntimeError("crash while writing")
     assert json.loads(target.read_text()) == {"good": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+@pytest.mark.parametrize("method, key, value, choices", [
+    ("anomalyclip", "options.layers", "every", "published, nominal"),
+    ("vip2clip", "options.normal_word", "bad", "good, damaged"),
+    ("ssvp", "train.optimizer", "sgd", "adam, adamw"),
+])
+def test_invalid_choice_is_refused_before_any_work(tmp_path, capsys, method, key, value, choices):
+    """A misspelt choice fails at config load (exit 2, no traceback), naming the key, the value and the choices,
+    for every method through the same Literal-typed fields, and nothing is written to the run folder."""
+    assert main(["train", "--method", method, "--profile", "smoke", "--quiet",
+                 "--set", f"out_dir={tmp_path}", "--set", f"{key}={value}"]) == 2
+    err = capsys.readouterr().err
+    assert key.split(".")[1] in err and repr(value) in err and choices in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -197,3 +197,11 @@ def test_ksdd1_published_layout(tmp_path):
     write_image(root / "kos01" / "Part1.jpg")
     write_mask(root / "kos01" / "Part1_label.bmp")
     assert [(s.image.name, s.label) for s in read_dataset("ksdd", root)] == [("Part0.jpg", 0), ("Part1.jpg", 1)]
+
+
+def test_unknown_name_with_meta_json_is_read_through_it(synth_root, tmp_path):
+    meta_root = synth_root / "synth-b"
+    samples = read_dataset("my-medical-set", meta_root)  # not a registered benchmark, but it has a meta.json
+    assert samples and {s.dataset for s in samples} == {"my-medical-set"}
+    with pytest.raises(DataError, match="unknown dataset"):
+        read_dataset("my-medical-set", tmp_path)  # no meta.json there

@@ -150,3 +150,31 @@ def test_index_renders_in_headless_chromium(report, chromium, tmp_path):
                    capture_output=True, timeout=180)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.std() > 10  # not a blank page
+
+
+def test_vip2clip_page_leaves_out_medical_sets_not_on_disk(tmp_path, monkeypatch):
+    """The paper preset lists ViP2-CLIP's eight medical sets; a user who has only some of them still gets Table 1
+    and a Table 2 of those present, with the missing ones (and where they were looked for) named on the page."""
+    from ssvp_core.reports import experiments, pages, tables
+
+    (tmp_path / "headct").mkdir()
+    roots = {"headct": str(tmp_path / "headct"), "kvasir": str(tmp_path / "kvasir")}
+    asked = []
+
+    def fake_table(profile, datasets, methods=None, overrides=(), table="Table 1"):
+        asked.append((table, list(datasets)))
+        return pd.DataFrame([{"dataset": ds, "method": "vip2clip", "metric": m, "reproduced": 50.0, "paper": 60.0, "delta": -10.0}
+                             for ds in datasets for m in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc",
+                                                         "pixel_aupro_legacy", "pixel_f1_max")])
+
+    monkeypatch.setattr(tables, "vip2clip_table", fake_table)
+    monkeypatch.setattr(experiments, "dataset_root", lambda profile, name: roots.get(name, f"data/{name}"))
+    real_section = experiments.section
+    fake = {"vip2clip_medical": ["headct", "kvasir"], "synthetic": None}  # no synthetic data needed here
+    monkeypatch.setattr(experiments, "section", lambda profile, key, default=None:
+                        fake[key] if key in fake else real_section(profile, key, default))
+    pages.vip2clip("smoke", out_dir=str(tmp_path / "out"), datasets=["synth-b"])
+    assert asked == [("Table 1", ["synth-b"]), ("Table 2", ["headct"])]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [t["name"] for t in manifest["tables"]] == ["vip2clip_image", "vip2clip_pixel", "vip2clip_medical"]
+    assert any("kvasir" in note and roots["kvasir"] in note and "headct" not in note for note in manifest["notes"])

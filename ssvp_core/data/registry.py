@@ -50,9 +50,15 @@ def benchmark(name: str) -> Benchmark:
 
 
 def scan_dataset(name: str, root: str | Path, split: str = "test") -> ScanResult:
+    """Scan a benchmark by name; an unknown name is read through its root's meta.json when there is one
+    (so any dataset indexed the AnomalyCLIP way, e.g. the medical sets, works under its own name)."""
     root = Path(root)
+    known = name.lower() in BENCHMARKS
     if not root.exists():
-        raise DataError(f"dataset root {root} does not exist. Download {benchmark(name).title} there (data/README.md) or pass the right path.")
+        title = benchmark(name).title if known else name
+        raise DataError(f"dataset root {root} does not exist. Download {title} there (data/README.md) or pass the right path.")
+    if not known and (root / "meta.json").is_file():
+        return scan_meta(root, split=split, dataset=name.lower())
     return benchmark(name).scan(root, split=split, dataset=name.lower())
 
 

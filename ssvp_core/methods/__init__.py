@@ -30,7 +30,7 @@ class MethodSpec:
     eval_defaults: dict = field(default_factory=dict)
 
     def options_from(self, data: dict | None) -> Any:
-        return options_from(self.options, data, f"options of method {self.name!r}")
+        return options_from(self.options, data, f"{self.name} options")
 
     @property
     def trainable(self) -> bool:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -20,7 +21,6 @@ import torch.nn.functional as F
 
 from ..backbones import autocast_context, get_clip
 from ..data.loader import batch_view
-from ..errors import ConfigError
 from ..prompts import PromptEncoder, deep_token_hook
 from .base import Detector, Output
 from .common import segmentation_loss
@@ -30,8 +30,8 @@ from .common import segmentation_loss
 class AdaCLIPOptions:
     depth: int = 4
     length: int = 5
-    prompt_type: str = "SD"  # S (static) | D (dynamic) | SD (both)
-    branch: str = "VL"  # V | L | VL: which towers get prompts
+    prompt_type: Literal["S", "D", "SD"] = "SD"  # S (static) | D (dynamic) | SD (both)
+    branch: Literal["V", "L", "VL"] = "VL"  # V | L | VL: which towers get prompts
     temperature: float = 0.07
     hsf: bool = True
     hsf_top: int = 100
@@ -58,8 +58,6 @@ class AdaCLIP(Detector):
     def __init__(self, options: AdaCLIPOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
         o = options
-        if o.prompt_type not in ("S", "D", "SD") or o.branch not in ("V", "L", "VL"):
-            raise ConfigError("adaclip: prompt_type must be S, D or SD and branch V, L or VL")
         self.clip = get_clip(backbone.clip)
         d, w, vw = self.clip.embed_dim, self.clip.text_width, self.clip.width
         self.prompt_encoder = PromptEncoder(self.clip)

@@ -16,6 +16,7 @@ Layers (§1.3): the published numbers come from layer 24 only (`layers=published
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -23,7 +24,6 @@ import torch.nn.functional as F
 
 from ..backbones import autocast_context, get_clip
 from ..data.loader import batch_view
-from ..errors import ConfigError
 from ..prompts import PromptEncoder, placeholder_template
 from .base import Detector, Output
 from .common import layer_maps, segmentation_loss
@@ -36,7 +36,7 @@ class AnomalyCLIPOptions:
     text_tokens: int = 4
     dpam: bool = True
     dpam_start: int = 6  # first 1-based block with the V-V path (DPAM_layer=20 on 24 blocks)
-    layers: str = "published"  # published (last tapped layer only) | nominal (every tapped layer)
+    layers: Literal["published", "nominal"] = "published"  # published (last tapped layer only) | nominal (every tapped layer)
     tap_bug: bool = False  # nominal layers, but every tap equals the last layer (the bug fixed in 2025)
     temperature: float = 0.07
     lambda_local: float = 4.0
@@ -48,8 +48,6 @@ class AnomalyCLIP(Detector):
     def __init__(self, options: AnomalyCLIPOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
         o = options
-        if o.layers not in ("published", "nominal"):
-            raise ConfigError("anomalyclip option layers must be published or nominal")
         self.clip = get_clip(backbone.clip)
         w = self.clip.text_width
         self.prompt_encoder = PromptEncoder(self.clip)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import BackboneConfig, TrainConfig
+from ..config import BackboneConfig, TrainConfig, check_choices
 from ..data.registry import prompt_name
 
 
@@ -42,7 +42,7 @@ class Detector(nn.Module):
 
     def __init__(self, options: Any, backbone: BackboneConfig, image_size: int):
         super().__init__()
-        self.options = options
+        self.options = check_choices(options, f"{self.name} options") if dataclasses.is_dataclass(options) else options
         self.backbone_cfg = backbone
         self.image_size = int(image_size)
 

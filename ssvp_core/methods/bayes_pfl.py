@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,7 +30,6 @@ import torch.nn.functional as F
 
 from ..backbones import autocast_context, get_clip
 from ..data.loader import batch_view
-from ..errors import ConfigError
 from ..prompts import PromptEncoder, placeholder_template, trunc_normal
 from .base import Detector, Output
 from .common import layer_maps, segmentation_loss
@@ -76,7 +76,7 @@ class BayesPFLOptions:
     top_k_small: int = 20
     small_defect_classes: tuple[str, ...] = SMALL_DEFECT_CLASSES
     kl_weight: float = 1e-3
-    score_normalization: str = "none"  # none | class_minmax (the code's per-class min-max of both terms)
+    score_normalization: Literal["none", "class_minmax"] = "none"  # none | class_minmax (the code's per-class min-max of both terms)
     distributions: tuple[str, ...] = field(default_factory=lambda: ("image_specific", "image_agnostic"))
 
 
@@ -114,8 +114,6 @@ class BayesPFL(Detector):
     def __init__(self, options: BayesPFLOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
         o = options
-        if o.score_normalization not in ("none", "class_minmax"):
-            raise ConfigError("bayes_pfl option score_normalization must be none or class_minmax")
         self.clip = get_clip(backbone.clip)
         w, d = self.clip.text_width, self.clip.embed_dim
         self.prompt_encoder = PromptEncoder(self.clip)

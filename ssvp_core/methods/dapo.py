@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -42,9 +43,9 @@ class DAPOOptions:
     n_tokens: int = 4  # tokens per layer in both encoders
     blend: float = 0.01  # alpha of the progressive update
     temperature: float = 0.07
-    normal_anchor: str = "flawless"  # §14 #2: flawless (code) | normal (paper)
+    normal_anchor: Literal["flawless", "normal"] = "flawless"  # §14 #2: flawless (code) | normal (paper)
     abnormal_template: str = "{defect} anomaly object"  # §14 #3 (code wording)
-    text_path: str = "faithful"  # §14 #4: faithful (no causal mask, unshifted EOT) | clean
+    text_path: Literal["faithful", "clean"] = "faithful"  # §14 #4: faithful (no causal mask, unshifted EOT) | clean
     lambda_local: float = 4.0
     lambda_image: float = 1.0
     anchors: dict = field(default_factory=dict)  # dataset -> [anchor words] for datasets without a built-in list
@@ -57,8 +58,6 @@ class DAPO(Detector):
     def __init__(self, options: DAPOOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
         o = options
-        if o.text_path not in ("faithful", "clean"):
-            raise ConfigError("dapo option text_path must be faithful or clean")
         self.clip = get_clip(backbone.clip)
         w, vw, d = self.clip.text_width, self.clip.width, self.clip.embed_dim
         self.prompt_encoder = PromptEncoder(self.clip)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -32,24 +33,24 @@ from .losses import binary_focal
 @dataclass
 class SSVPOptions:
     # HSVS (Eqs. 1-5)
-    fusion: str = "atf"  # atf | concat | none (Table 3 models C / B / A)
-    clip_tap_projection: str = "frozen"  # §11 #3: frozen = ln_post then proj (768-d); learned = trainable Linear(1024 -> 768)
+    fusion: Literal["atf", "concat", "none"] = "atf"  # atf | concat | none (Table 3 models C / B / A)
+    clip_tap_projection: Literal["frozen", "learned"] = "frozen"  # §11 #3: frozen = ln_post then proj (768-d); learned = trainable Linear(1024 -> 768)
     head_dim: int = 0  # §11 #4: d_head; 0 = CLIP joint width (768)
     num_heads: int = 1  # §11 #4: single head (Eq. 3 scales by sqrt(d_head)); 8 is the multi-head alternative
     mlp_hidden: int = 0  # §11 #4: 0 = joint width (MLP 1536 -> 768 -> 768)
     zero_init_fusion: bool = True  # §11 #4: V_syn starts equal to the CLIP features
-    global_mode: str = "separate"  # §11 #5: separate global ATF on the two global tokens | joint ([CLS; patches] of the last pair)
+    global_mode: Literal["separate", "joint"] = "separate"  # §11 #5: separate global ATF on the two global tokens | joint ([CLS; patches] of the last pair)
     # prompts (Eq. 6)
     n_prompts: int = 3  # per state (3 normal + 3 abnormal)
     bg_len: int = 5  # §11 #6
     state_len: int = 5  # §11 #6
-    bg_sharing: str = "pair"  # §11 #6: pair (one [V]_bg per prompt index) | all (one for all six)
+    bg_sharing: Literal["pair", "all"] = "pair"  # §11 #6: pair (one [V]_bg per prompt index) | all (one for all six)
     # VCPG (Eqs. 7-12)
     vcpg: bool = True
     vae_hidden: int = 512  # §11 #7
     latent_dim: int = 0  # §11 #7: 0 = joint width
     n_latent_samples: int = 5  # §11 #8: latent samples used as keys/values (1 = the literal, degenerate version)
-    eval_latent: str = "mu"  # §11 #9: mu (deterministic) | samples
+    eval_latent: Literal["mu", "samples"] = "mu"  # §11 #9: mu (deterministic) | samples
     attn_dim: int = 0  # d_k of Eq. 10; 0 = joint width
     beta_kl: float = 0.1  # Eq. 9
     lambda_vae: float = 1.0  # Eq. 22
@@ -61,32 +62,21 @@ class SSVPOptions:
     tau: float = 0.07  # §11 #10: initial temperature of Eq. 14 (and of the image score)
     learnable_tau: bool = True  # §11 #10
     lr_temperature: float = 0.01  # Bayes-PFL's learning rate for its temperatures
-    prompt_aggregation: str = "pairwise"  # §11 #11: pairwise softmax then mean | mean_embedding per state
+    prompt_aggregation: Literal["pairwise", "mean_embedding"] = "pairwise"  # §11 #11: pairwise softmax then mean | mean_embedding per state
     gate_hidden: int = 0  # F_gate^global hidden width; 0 = joint width / 2
-    local_gate: str = "per_layer"  # §11 #20: per_layer | shared
+    local_gate: Literal["per_layer", "shared"] = "per_layer"  # §11 #20: per_layer | shared
     local_gate_bias: float = 2.0  # §11 #20: sigmoid(2) = 0.88 at start
     gamma: float = 0.5  # Eq. 19
-    local_score: str = "max"  # §11 #14: max (Eq. 18) | topk_mean (of the upsampled map)
+    local_score: Literal["max", "topk_mean"] = "max"  # §11 #14: max (Eq. 18) | topk_mean (of the upsampled map)
     local_topk: int = 2000
     # losses (Eqs. 20-22)
-    seg_loss: str = "both"  # §11 #12: both (fused + per layer) | fused (Algorithm 3) | per_layer (Eq. 20)
+    seg_loss: Literal["both", "fused", "per_layer"] = "both"  # §11 #12: both (fused + per layer) | fused (Algorithm 3) | per_layer (Eq. 20)
     focal_gamma: float = 2.0  # §11 #12
-    score_loss: str = "clamped_bce"  # §11 #13: clamped_bce | literal (BCE(sigmoid(S))) | logit_mix
-
-
-_CHOICES = {
-    "fusion": ("atf", "concat", "none"), "clip_tap_projection": ("frozen", "learned"),
-    "global_mode": ("separate", "joint"), "bg_sharing": ("pair", "all"), "eval_latent": ("mu", "samples"),
-    "prompt_aggregation": ("pairwise", "mean_embedding"), "local_gate": ("per_layer", "shared"),
-    "local_score": ("max", "topk_mean"), "seg_loss": ("both", "fused", "per_layer"),
-    "score_loss": ("clamped_bce", "literal", "logit_mix"),
-}
+    score_loss: Literal["clamped_bce", "literal", "logit_mix"] = "clamped_bce"  # §11 #13: clamped_bce | literal (BCE(sigmoid(S))) | logit_mix
 
 
 def validate(options: SSVPOptions) -> None:
-    for name, allowed in _CHOICES.items():
-        if getattr(options, name) not in allowed:
-            raise ConfigError(f"ssvp option {name}={getattr(options, name)!r}: choose one of {allowed}")
+    """Checks beyond the Literal choices (those are checked for every method by Detector)."""
     if options.n_latent_samples < 1:
         raise ConfigError("ssvp option n_latent_samples must be >= 1")
 

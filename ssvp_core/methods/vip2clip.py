@@ -14,6 +14,7 @@ the released code's bug) and `global_feature` ("no_ln_post" = the code, default;
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -35,8 +36,8 @@ class ViP2CLIPOptions:
     fgp_heads: int = 8
     top_k: int = 50  # patches per layer for the image score
     temperature: float = 0.07
-    normal_word: str = "good"  # §12 #1 / §14 #1: "good" (paper) | "damaged" (released-code bug)
-    global_feature: str = "no_ln_post"  # §12 #2: no_ln_post (code, AnomalyCLIP convention) | ln_post (clean)
+    normal_word: Literal["good", "damaged"] = "good"  # §12 #1 / §14 #1: "good" (paper) | "damaged" (released-code bug)
+    global_feature: Literal["no_ln_post", "ln_post"] = "no_ln_post"  # §12 #2: no_ln_post (code, AnomalyCLIP convention) | ln_post (clean)
 
 
 class MetaNet(nn.Module):
@@ -78,8 +79,6 @@ class ViP2CLIP(Detector):
     def __init__(self, options: ViP2CLIPOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
         o = options
-        if o.normal_word not in ("good", "damaged") or o.global_feature not in ("no_ln_post", "ln_post"):
-            raise ConfigError("vip2clip: normal_word must be good|damaged and global_feature no_ln_post|ln_post")
         self.clip = get_clip(backbone.clip)
         d, w = self.clip.embed_dim, self.clip.text_width
         self.prompt_encoder = PromptEncoder(self.clip)

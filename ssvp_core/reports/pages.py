@@ -111,14 +111,19 @@ def _main_target(profile: str) -> str:
     return experiments.section(profile, "main_target", "mvtec")
 
 
+def _image_and_pixel(page: Page, name: str, title: str, frame: pd.DataFrame, image_metrics, pixel_metrics) -> None:
+    """Both papers split their Table 1 into an image-level and a pixel-level half, one row per (dataset, method)."""
+    page.table(f"{name}_image", f"{title} (image level)", tables.wide(frame, ["dataset", "method"], list(image_metrics)), frame)
+    page.table(f"{name}_pixel", f"{title} (pixel level)", tables.wide(frame, ["dataset", "method"], list(pixel_metrics)), frame)
+
+
 def table1(profile="smoke", out_dir="reports/smoke/table1", datasets=None, methods=None, overrides=(), device="auto"):
     page = Page("table1", profile, out_dir, overrides, device)
     frame = tables.table1(profile, _datasets(profile, datasets, "table1_datasets"), methods, page.overrides)
     page.note("Image level: (AUROC, F1-max, AP); pixel level: (AUROC, PRO, AP). Reproduced and paper values in %, "
               "delta = reproduced - paper. PRO = cflow-ad 200-threshold AUPRO as in the papers; `pixel_aupro` is the "
               "exact MVTec AUPRO (no paper value). Paper: SSVP v2 Table 1.")
-    page.table("table1_image", "Table 1 (image level)", tables.wide(frame, ["dataset", "method"], tables.IMAGE_METRICS), frame)
-    page.table("table1_pixel", "Table 1 (pixel level)", tables.wide(frame, ["dataset", "method"], tables.PIXEL_METRICS), frame)
+    _image_and_pixel(page, "table1", "Table 1", frame, tables.IMAGE_METRICS, tables.PIXEL_METRICS)
     return frame
 
 
@@ -234,13 +239,15 @@ def vip2clip(profile="smoke", out_dir="reports/smoke/vip2clip", datasets=None, m
     page.note("ViP2-CLIP's Table 1 layout: image (AUROC, AP, F1-max), pixel (AUROC, PRO, F1-max). Paper values from the "
               "ViP2-CLIP README tables; its medical Table 2 needs datasets with a meta.json (reader `meta`), listed in "
               "the paper preset's `vip2clip_medical` when present.")
-    page.table("vip2clip_image", "ViP2-CLIP Table 1 (image level)",
-               tables.wide(frame, ["dataset", "method"], ["image_auroc", "image_ap", "image_f1_max"]), frame)
-    page.table("vip2clip_pixel", "ViP2-CLIP Table 1 (pixel level)",
-               tables.wide(frame, ["dataset", "method"], ["pixel_auroc", "pixel_aupro_legacy", "pixel_f1_max"]), frame)
+    _image_and_pixel(page, "vip2clip", "ViP2-CLIP Table 1", frame, ["image_auroc", "image_ap", "image_f1_max"],
+                     ["pixel_auroc", "pixel_aupro_legacy", "pixel_f1_max"])
     medical = experiments.section(profile, "vip2clip_medical", [])
-    if medical:
-        med = tables.vip2clip_table(profile, medical, methods, page.overrides, table="Table 2")
+    present = [ds for ds in medical if Path(experiments.dataset_root(profile, ds)).exists()]
+    if len(present) < len(medical):
+        page.note("Medical sets not on disk, left out of Table 2: "
+                  + ", ".join(f"{ds} ({experiments.dataset_root(profile, ds)})" for ds in medical if ds not in present) + ".")
+    if present:
+        med = tables.vip2clip_table(profile, present, methods, page.overrides, table="Table 2")
         page.table("vip2clip_medical", "ViP2-CLIP Table 2 (medical)", tables.wide(med, ["dataset", "method"]), med)
     return frame
 
