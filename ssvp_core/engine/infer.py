@@ -130,7 +130,7 @@ def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, 
                 buf.parts.append({k: float(out.aux[k][j]) for k in detector.score_part_keys})
             if wants_aux:
                 buf.aux.append({k: v[j].float().cpu() for k, v in out.aux.items()
-                                if k in getattr(detector, "eval_aux_keys", ()) and torch.is_tensor(v)})
+                                if k in detector.eval_aux_keys and torch.is_tensor(v)})
         pos += len(scores)
     if info.enabled:
         buffers = _merge_shards(buffers, info)

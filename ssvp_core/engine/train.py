@@ -59,6 +59,8 @@ def make_optimizer(detector, cfg: RunConfig):
 
 def make_scheduler(optimizer, cfg: RunConfig, total_steps: int):
     t = cfg.train
+    if t.schedule not in ("cosine", "constant"):  # configs built in code skip the load-time check
+        raise ConfigError(f"train.schedule={t.schedule!r}: choose cosine or constant")
     warmup = int(round(t.warmup_frac * total_steps))
 
     def factor(step: int) -> float:
@@ -66,8 +68,6 @@ def make_scheduler(optimizer, cfg: RunConfig, total_steps: int):
             return (step + 1) / warmup
         if t.schedule == "constant":
             return 1.0
-        if t.schedule != "cosine":
-            raise ConfigError(f"train.schedule={t.schedule!r}: choose cosine or constant")
         progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 

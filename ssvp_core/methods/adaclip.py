@@ -19,10 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backbones import autocast_context, get_clip
+from ..backbones import autocast_context
 from ..data.loader import batch_view
 from ..prompts import PromptEncoder, deep_token_hook
-from .base import Detector, Output
+from .base import ClipDetector, Output
 from .common import segmentation_loss
 
 
@@ -52,13 +52,12 @@ def kmeans(x: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, torch.Ten
     return centres, assign
 
 
-class AdaCLIP(Detector):
+class AdaCLIP(ClipDetector):
     name = "adaclip"
 
     def __init__(self, options: AdaCLIPOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
         o = options
-        self.clip = get_clip(backbone.clip)
         d, w, vw = self.clip.embed_dim, self.clip.text_width, self.clip.width
         self.prompt_encoder = PromptEncoder(self.clip)
         vdepth, tdepth = min(o.depth, len(self.clip.blocks)), min(o.depth, len(self.clip.text_blocks))
@@ -70,12 +69,6 @@ class AdaCLIP(Detector):
             self.static_t = nn.Parameter(torch.randn(tdepth, o.length, w) * 0.02)
             self.dynamic_t = nn.Linear(d, tdepth * o.length * 8)
             self.dynamic_t_up = nn.Linear(8, w)
-
-    def frozen_modules(self):
-        return [self.clip]
-
-    def input_sizes(self):
-        return [self.backbone_cfg.clip.image_size]
 
     def prompt_parameters(self):
         return [p for n, p in self.named_parameters() if n.startswith("static_")]

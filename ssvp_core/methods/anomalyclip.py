@@ -22,10 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backbones import autocast_context, get_clip
+from ..backbones import autocast_context
 from ..data.loader import batch_view
 from ..prompts import PromptEncoder, placeholder_template
-from .base import Detector, Output
+from .base import ClipDetector, Output
 from .common import layer_maps, segmentation_loss
 
 
@@ -42,13 +42,12 @@ class AnomalyCLIPOptions:
     lambda_local: float = 4.0
 
 
-class AnomalyCLIP(Detector):
+class AnomalyCLIP(ClipDetector):
     name = "anomalyclip"
 
     def __init__(self, options: AnomalyCLIPOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
         o = options
-        self.clip = get_clip(backbone.clip)
         w = self.clip.text_width
         self.prompt_encoder = PromptEncoder(self.clip)
         self.ctx_normal = nn.Parameter(torch.randn(o.n_ctx, w) * 0.02)
@@ -57,12 +56,6 @@ class AnomalyCLIP(Detector):
         # block 0 keeps the template's own tokens; blocks 1..depth-1 get learnable replacements
         self.deep_text = nn.Parameter(torch.randn(max(depth - 1, 0), o.text_tokens, w) * 0.02)
         self.templates = [placeholder_template(o.n_ctx, "object."), placeholder_template(o.n_ctx, "damaged object.")]
-
-    def frozen_modules(self):
-        return [self.clip]
-
-    def input_sizes(self):
-        return [self.backbone_cfg.clip.image_size]
 
     def prompt_parameters(self):
         return [self.ctx_normal, self.ctx_abnormal, self.deep_text]

@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backbones import autocast_context, get_clip
+from ..backbones import autocast_context
 from ..data.loader import batch_view
 from ..prompts import EnsembleTextCache
-from .base import Detector, Output
+from .base import ClipDetector, Output
 from .common import layer_maps
 from .losses import dice, multiclass_focal
 
@@ -28,20 +28,13 @@ class APRILGANOptions:
     image_loss: bool = False  # the release trains the pixel branch only
 
 
-class APRILGAN(Detector):
+class APRILGAN(ClipDetector):
     name = "aprilgan"
 
     def __init__(self, options: APRILGANOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
-        self.clip = get_clip(backbone.clip)
         self.text = EnsembleTextCache(self.clip)
         self.linear = nn.ModuleList(nn.Linear(self.clip.width, self.clip.embed_dim) for _ in backbone.clip.layers)
-
-    def frozen_modules(self):
-        return [self.clip]
-
-    def input_sizes(self):
-        return [self.backbone_cfg.clip.image_size]
 
     def forward(self, batch: dict) -> Output:
         o = self.options

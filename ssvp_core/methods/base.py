@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..backbones import get_clip
 from ..config import BackboneConfig, TrainConfig, check_choices
 from ..data.registry import prompt_name
 
@@ -110,6 +111,7 @@ class Detector(nn.Module):
 
     # --- evaluation ------------------------------------------------------------------------------------------
     score_part_keys: ClassVar[tuple[str, ...]] = ()
+    eval_aux_keys: ClassVar[tuple[str, ...]] = ()  # Output.aux entries evaluation keeps per image (hooks, figures)
 
     def class_scores(self, parts: dict):
         """Optional per-class rescoring from the `score_part_keys` of every image of a class (e.g. Bayes-PFL's
@@ -130,6 +132,20 @@ def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(B, N, C) -> (B, C, h, w)."""
     B, N, C = tokens.shape
     return tokens.transpose(1, 2).reshape(B, C, *grid)
+
+
+class ClipDetector(Detector):
+    """A detector on the frozen CLIP alone: ViP2-CLIP, DAPO and the Table-1 peers (SSVP adds the auxiliary backbone)."""
+
+    def __init__(self, options: Any, backbone: BackboneConfig, image_size: int):
+        super().__init__(options, backbone, image_size)
+        self.clip = get_clip(backbone.clip)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.clip]
+
+    def input_sizes(self) -> list[int]:
+        return [self.backbone_cfg.clip.image_size]
 
 
 def options_from(cls, data: dict | None, where: str):

@@ -28,10 +28,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backbones import autocast_context, get_clip
+from ..backbones import autocast_context
 from ..data.loader import batch_view
 from ..prompts import PromptEncoder, placeholder_template, trunc_normal
-from .base import Detector, Output
+from .base import ClipDetector, Output
 from .common import layer_maps, segmentation_loss
 from .ssvp import inference_block
 
@@ -108,13 +108,12 @@ class PromptFlow(nn.Module):
         return z, (log_q - log_p).mean()
 
 
-class BayesPFL(Detector):
+class BayesPFL(ClipDetector):
     name = "bayes_pfl"
 
     def __init__(self, options: BayesPFLOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
         o = options
-        self.clip = get_clip(backbone.clip)
         w, d = self.clip.text_width, self.clip.embed_dim
         self.prompt_encoder = PromptEncoder(self.clip)
         self.context = trunc_normal((o.n_prompts, o.ctx_len, w))
@@ -126,12 +125,6 @@ class BayesPFL(Detector):
         if "image_agnostic" in o.distributions:
             self.flows["image_agnostic"] = PromptFlow(w, o.n_flows, None, o.vae_hidden)
         self.rca = nn.ModuleList(nn.Linear(self.clip.width, d) for _ in backbone.clip.layers)
-
-    def frozen_modules(self):
-        return [self.clip]
-
-    def input_sizes(self):
-        return [self.backbone_cfg.clip.image_size]
 
     def prompt_parameters(self):
         return [self.context, self.state_normal, self.state_abnormal]

@@ -25,12 +25,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backbones import autocast_context, get_clip
+from ..backbones import autocast_context
 from ..data.defects import DefectVocabulary, vocabulary
 from ..data.loader import batch_view
 from ..errors import ConfigError
 from ..prompts import PromptEncoder, deep_token_hook, placeholder_template
-from .base import Detector, Output
+from .base import ClipDetector, Output
 from .losses import dice, multiclass_focal
 
 
@@ -51,14 +51,13 @@ class DAPOOptions:
     anchors: dict = field(default_factory=dict)  # dataset -> [anchor words] for datasets without a built-in list
 
 
-class DAPO(Detector):
+class DAPO(ClipDetector):
     name = "dapo"
     eval_aux_keys = ("type_logits",)
 
     def __init__(self, options: DAPOOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
         o = options
-        self.clip = get_clip(backbone.clip)
         w, vw, d = self.clip.text_width, self.clip.width, self.clip.embed_dim
         self.prompt_encoder = PromptEncoder(self.clip)
         mean, std = self.clip.model.token_embedding.weight.mean(0), self.clip.model.token_embedding.weight.std(0)
@@ -70,12 +69,6 @@ class DAPO(Detector):
         self.visual_tokens = nn.Parameter(torch.empty(min(o.vision_depth, len(self.clip.blocks)), o.n_tokens, vw).uniform_(-bound, bound))
         self.adapters = nn.ModuleList(nn.Linear(vw, d) for _ in backbone.clip.layers)
         self._text_cache: dict = {}
-
-    def frozen_modules(self):
-        return [self.clip]
-
-    def input_sizes(self):
-        return [self.backbone_cfg.clip.image_size]
 
     def prompt_parameters(self):
         return [self.ctx_normal, self.ctx_abnormal, self.text_tokens, self.visual_tokens]

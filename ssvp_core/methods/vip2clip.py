@@ -20,11 +20,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backbones import autocast_context, get_clip
+from ..backbones import autocast_context
 from ..data.loader import batch_view
 from ..errors import ConfigError
 from ..prompts import PromptEncoder, placeholder_template
-from .base import Detector, Output
+from .base import ClipDetector, Output
 from .common import layer_maps, segmentation_loss
 
 
@@ -73,13 +73,12 @@ class FGP(nn.Module):
         return F.normalize(self.o(out), dim=-1)
 
 
-class ViP2CLIP(Detector):
+class ViP2CLIP(ClipDetector):
     name = "vip2clip"
 
     def __init__(self, options: ViP2CLIPOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
         o = options
-        self.clip = get_clip(backbone.clip)
         d, w = self.clip.embed_dim, self.clip.text_width
         self.prompt_encoder = PromptEncoder(self.clip)
         self.ctx_pos = nn.Parameter(torch.randn(o.n_ctx, w) * 0.02)
@@ -89,12 +88,6 @@ class ViP2CLIP(Detector):
         self.fgp = FGP(d, o.fgp_heads)
         self.templates = [placeholder_template(o.n_ctx, o.normal_word) + " " + placeholder_template(o.n_cls),
                           placeholder_template(o.n_ctx, "damaged") + " " + placeholder_template(o.n_cls)]
-
-    def frozen_modules(self):
-        return [self.clip]
-
-    def input_sizes(self):
-        return [self.backbone_cfg.clip.image_size]
 
     def prompt_parameters(self):
         """ICA (context vectors, class tokens and the Meta-Net) trains at lr 1e-3; FGP at 1e-5 (the heads group)."""

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbones import autocast_context, get_clip
+from ..backbones import autocast_context
 from ..data.loader import batch_view
 from ..prompts import EnsembleTextCache
-from .base import Detector, Output, upsample
+from .base import ClipDetector, Output, upsample
 
 
 @dataclass
@@ -51,21 +51,14 @@ def harmonic_aggregation(scores: torch.Tensor, windows: torch.Tensor, n_patches:
     return count / inv.clamp_min(1e-12)
 
 
-class WinCLIP(Detector):
+class WinCLIP(ClipDetector):
     name = "winclip"
     trainable = False
 
     def __init__(self, options: WinCLIPOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
-        self.clip = get_clip(backbone.clip)
         self.text = EnsembleTextCache(self.clip)
         self.windows = {s: window_indices(self.clip.grid, s, options.stride) for s in options.scales}
-
-    def frozen_modules(self):
-        return [self.clip]
-
-    def input_sizes(self):
-        return [self.backbone_cfg.clip.image_size]
 
     def window_embeddings(self, tokens: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """tokens: the sequence entering block 0 (B, 1 + N, W) -> window embeddings (B, n_windows, D), normalised."""

@@ -53,6 +53,16 @@ def section(profile: str, key: str, default=None):
     return preset(profile).get(key, default)
 
 
+def ensure_profile_data(profile: str) -> None:
+    """Generate the profile's synthetic benchmark (preset `synthetic`) if it is not on disk yet; real datasets are
+    the user's to bring."""
+    synthetic = section(profile, "synthetic")
+    if synthetic is not None:
+        from ..synthdata import ensure_synthetic
+
+        ensure_synthetic(Path(dataset_root(profile, "synth-a")).parent, **synthetic)
+
+
 def run_config(profile: str, method: str, target: str, overrides: tuple[str, ...] = (), seed: int | None = None) -> RunConfig:
     source = protocol_source(profile, target)
     base = [f"train.dataset={source}", f"train.root={dataset_root(profile, source)}",
@@ -142,7 +152,7 @@ def sample_outputs(profile: str, method: str, target: str, indices: list[int], o
         out.append({"index": idx, "sample": samples[idx], "image": item["image"].permute(1, 2, 0).numpy(),
                     "mask": item["mask"].numpy() > 0.5, "map": amap, "score": float(o.score[0]),
                     "aux": {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in o.aux.items()
-                            if k in ("t_final", "t_init", "abn_cos_map")}})
+                            if k in det.eval_aux_keys}})
     return out
 
 

@@ -45,11 +45,7 @@ class Page:
             import torch
 
             torch.set_num_threads(int(threads))
-        synthetic = experiments.section(profile, "synthetic")
-        if synthetic is not None:
-            from ..synthdata import ensure_synthetic
-
-            ensure_synthetic(Path(experiments.dataset_root(profile, "synth-a")).parent, **synthetic)
+        experiments.ensure_profile_data(profile)
         if profile == "smoke":
             self.manifest["notes"].append(SMOKE_BANNER)
             _display(Markdown(f"**{SMOKE_BANNER}**"))

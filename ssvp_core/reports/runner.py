@@ -125,10 +125,10 @@ def reproduce(profile: str = "smoke", only: list[str] | None = None, jobs: int =
             continue
         todo.append((name, key))
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs)) if jobs > 1 else None
-    if profile == "smoke" and todo:  # generate the synthetic data once, before parallel notebooks race for it
-        from .pages import Page
+    if todo:  # generate the synthetic data once, before parallel notebooks race for it
+        from .experiments import ensure_profile_data
 
-        Page("setup", profile, str(report_dir / ".work" / "setup"))
+        ensure_profile_data(profile)
     with cf.ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = {pool.submit(run_one, name, profile, str(report_dir), str(notebooks_dir), overrides, threads): (name, key)
                    for name, key in todo}
