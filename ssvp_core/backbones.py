@@ -80,9 +80,15 @@ class ClipBackbone(nn.Module):
         register_tiny_models()
         self.cfg = cfg
         src = resolve_clip(cfg.model, cfg.pretrained)
-        if src.kind != "none" and "quickgelu" not in cfg.model.lower() and str(cfg.pretrained).lower() == "openai":
-            warnings.warn(f"{cfg.model} with OpenAI weights: use the -quickgelu model config (OpenAI CLIP uses QuickGELU)")
-        kwargs = dict(force_image_size=cfg.image_size)
+        if (src.kind != "none" and cfg.activation == "model" and "quickgelu" not in cfg.model.lower()
+                and str(cfg.pretrained).lower() == "openai"):
+            warnings.warn(f"{cfg.model} with OpenAI weights: use the -quickgelu model config (OpenAI CLIP uses QuickGELU), "
+                          "or set backbone.clip.activation=gelu if exact GELU is meant (as some released codes do)")
+        # bicubic: open_clip resizes the position embedding while loading; bilinear: build at the weights' own size
+        # and resize afterwards (resize_position_embedding)
+        kwargs = dict(force_image_size=cfg.image_size if cfg.pos_embed_interpolation == "bicubic" else None)
+        if cfg.activation != "model":  # model kwargs override the open_clip config (both towers)
+            kwargs["quick_gelu"] = cfg.activation == "quick_gelu"
         try:
             if src.kind == "none":
                 with _quiet(), _fixed_rng():
@@ -99,6 +105,8 @@ class ClipBackbone(nn.Module):
                 raise ConfigError(f"backbone.clip.model={cfg.model!r}: unknown open_clip model ({e})") from None
             raise WeightsError(f"cannot load CLIP weights from {where} into {cfg.model}: {e}. "
                                "Check that the file matches the model config (ViT-L-14-336-quickgelu for OpenAI ViT-L/14@336).") from None
+        if cfg.pos_embed_interpolation != "bicubic":
+            resize_position_embedding(model.visual, cfg.image_size, cfg.pos_embed_interpolation)
         self.model = _freeze(model)
         self.tokenizer = open_clip.get_tokenizer(cfg.model)
         visual = self.model.visual
@@ -262,6 +270,20 @@ class AuxBackbone(nn.Module):
         return [patches for patches, _prefix in inter], final[:, 0]
 
 
+def resize_position_embedding(visual: nn.Module, image_size: int, mode: str) -> None:
+    """Resize an open_clip ViT's position embedding (CLS kept) to image_size with F.interpolate(mode,
+    align_corners=False), and update the sizes the tower reports."""
+    patch = visual.conv1.kernel_size[0]
+    pos = visual.positional_embedding.data
+    old = int(round((pos.shape[0] - 1) ** 0.5))
+    new = image_size // patch
+    if new != old:
+        grid = pos[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid.float(), size=(new, new), mode=mode, align_corners=False).to(pos.dtype)
+        visual.positional_embedding = nn.Parameter(torch.cat([pos[:1], grid.flatten(2).transpose(1, 2)[0]]))
+    visual.image_size, visual.grid_size = (image_size, image_size), (new, new)
+
+
 @contextlib.contextmanager
 def _fixed_rng():
     """Random initialisation from a fixed seed, without disturbing the caller's random stream: a checkpoint stores
@@ -301,7 +323,7 @@ _CACHE: dict = {}
 
 def get_clip(cfg: ClipConfig) -> ClipBackbone:
     """Build once per configuration and process (frozen modules are never modified, so sharing is safe)."""
-    key = ("clip", cfg.model, str(cfg.pretrained), cfg.image_size, tuple(cfg.layers))
+    key = ("clip", cfg.model, str(cfg.pretrained), cfg.image_size, tuple(cfg.layers), cfg.activation)
     if key not in _CACHE:
         _CACHE[key] = ClipBackbone(cfg)
     return _CACHE[key]

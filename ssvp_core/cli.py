@@ -120,11 +120,13 @@ def _dataset_override(section: str, names: list[str] | str, profile: str) -> lis
 
 
 def cmd_train(args) -> int:
+    from .engine.runtime import dist_info
     from .engine.train import train
 
     cfg = _run_config(args)
     result = train(cfg, resume=not args.restart, progress=not args.quiet)
-    print(result.checkpoint)
+    if dist_info().main:  # under torchrun every rank returns; one line of output, from rank 0
+        print(result.checkpoint)
     return 0
 
 

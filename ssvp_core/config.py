@@ -1,7 +1,7 @@
 """Configuration as dataclasses, with the `paper` and `smoke` presets held as data (ssvp_core/configs/*.yaml).
 
-Resolution order for a run: dataclass defaults (the paper's settings) <- the method's own training defaults
-(e.g. ViP2-CLIP trains 10 epochs) <- the preset's `train`/`eval`/`backbone` sections <- the preset's per-method
+Resolution order for a run: dataclass defaults (the paper's settings) <- the method's own training, evaluation and
+backbone defaults (e.g. ViP2-CLIP trains 10 epochs, Bayes-PFL's code builds CLIP with exact GELU) <- the preset's `train`/`eval`/`backbone` sections <- the preset's per-method
 section <- command-line overrides (`key.sub=value`). Unknown keys are errors, never silently ignored.
 """
 from __future__ import annotations
@@ -30,6 +30,12 @@ class ClipConfig:
     pretrained: str = "openai"  # hub tag | file (.bin/.pth/.safetensors/OpenAI .pt) | folder | "none" (random init)
     image_size: int = 518  # 37x37 grid; position embedding interpolated from 24x24
     layers: tuple[int, ...] = (6, 12, 18, 24)
+    # MLP activation of both towers: "model" keeps the open_clip config's own (QuickGELU for the -quickgelu configs);
+    # "gelu" is exact GELU, which the released code of APRIL-GAN, AdaCLIP and Bayes-PFL builds even for OpenAI weights
+    activation: Literal["model", "quick_gelu", "gelu"] = "model"
+    # how the position embedding reaches image_size from the weights' grid: bicubic when loading (open_clip,
+    # Bayes-PFL) or bilinear (align_corners=False), as AnomalyCLIP and ViP2-CLIP resize it in their forward pass
+    pos_embed_interpolation: Literal["bicubic", "bilinear"] = "bicubic"
 
 
 @dataclass
@@ -227,7 +233,7 @@ def load_config(profile: str = "paper", method: str = "ssvp", overrides: list[st
     preset = load_preset(profile)
     spec = method_spec(method)
     merged: dict = {"profile": preset.get("profile", profile), "method": method}
-    merged = deep_merge(merged, {"train": spec.train_defaults, "eval": spec.eval_defaults})
+    merged = deep_merge(merged, {"train": spec.train_defaults, "eval": spec.eval_defaults, "backbone": spec.backbone_defaults})
     for section in ("backbone", "train", "eval", "device", "out_dir", "image_size", "prompt_class_name"):
         if section in preset:
             merged = deep_merge(merged, {section: preset[section]})

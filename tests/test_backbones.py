@@ -194,3 +194,27 @@ def test_tiny_model_config_is_registered():
 
     register_tiny_models()
     assert "ssvp-tiny-clip" in open_clip.list_models()
+
+
+def test_position_embedding_interpolation_switch(tmp_path):
+    """Bilinear (AnomalyCLIP / ViP2-CLIP resize in their forward pass) vs bicubic (open_clip's load-time resize):
+    both start from the weights' own grid, the bilinear one equals F.interpolate written out here."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    register_tiny_models()
+    base = tiny_backbone().clip  # ssvp-tiny-clip: 128 px, patch 8 -> a 16x16 grid
+    native = ClipBackbone(base)
+    path = tmp_path / "tiny.bin"
+    torch.save(native.model.state_dict(), path)
+    pos = native.model.visual.positional_embedding.detach()
+    grid = pos[1:].reshape(1, 16, 16, -1).permute(0, 3, 1, 2)
+    for mode in ("bilinear", "bicubic"):
+        clip = ClipBackbone(dataclasses.replace(base, pretrained=str(path), image_size=160, pos_embed_interpolation=mode))
+        got = clip.model.visual.positional_embedding.detach()
+        expected = F.interpolate(grid, size=(20, 20), mode=mode, align_corners=False, antialias=mode == "bicubic")
+        assert clip.grid == (20, 20) and got.shape == (401, pos.shape[1])
+        assert torch.equal(got[0], pos[0])
+        assert torch.allclose(got[1:], expected.flatten(2).transpose(1, 2)[0], atol=1e-6), mode
+        assert clip.image_features(torch.rand(1, 3, 160, 160)).taps[0].shape == (1, 401, 128)

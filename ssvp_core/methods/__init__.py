@@ -28,6 +28,7 @@ class MethodSpec:
     paper: str
     train_defaults: dict = field(default_factory=dict)
     eval_defaults: dict = field(default_factory=dict)
+    backbone_defaults: dict = field(default_factory=dict)  # e.g. {"clip": {"activation": "gelu"}} (its released code)
 
     def options_from(self, data: dict | None) -> Any:
         return options_from(self.options, data, f"{self.name} options")
