@@ -43,7 +43,7 @@ class AnomalyCLIPOptions:
     text_depth: int = 9  # deep text prompts in blocks 1 .. depth-1
     text_tokens: int = 4
     dpam: bool = True
-    dpam_start: int = 6  # first 1-based block with the V-V path; released DPAM_layer = n_blocks - dpam_start + 2 (20 on 24)
+    dpam_start: int = 6  # first 1-based V-V block; released DPAM_layer = n_blocks - dpam_start + 2 (20 on 24)
     layers: Literal["published", "nominal"] = "published"  # published (last tapped layer only) | nominal (every tapped layer)
     tap_bug: bool = False  # nominal layers, but every tap equals the last layer (the bug fixed in 2025)
     temperature: float = 0.07
