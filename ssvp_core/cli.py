@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("eval", cmd_eval, "evaluate a method (trained checkpoint or training-free) per class")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--method", default="ssvp" if name == "train" else None)
-        p.add_argument("--profile", default="smoke", help="preset: smoke | paper | path to a YAML file")
+        p.add_argument("--profile", default="smoke", help="preset: smoke | paper | rehearsal | path to a YAML file")
         p.add_argument("--train-on", help="auxiliary dataset: NAME or NAME=ROOT (roots default to the preset's)")
         p.add_argument("--eval-on", nargs="+", help="target datasets: NAME or NAME=ROOT ...")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.epochs=3 options.gamma=0.4")
@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("reproduce", help="run the notebooks (papermill) and build reports/<profile>/index.html")
-    p.add_argument("--profile", default="smoke", help="smoke (tiny models, synthetic data) | paper | a preset YAML")
+    p.add_argument("--profile", default="smoke", help="smoke (tiny models, synthetic data) | rehearsal (the paper's settings on tiny models and "
+                                                             "replicas of the real layouts) | paper | a preset YAML")
     p.add_argument("--only", nargs="+", help="notebook names (default: all): table1 table2 table3 table4 table5 "
                                              "qualitative tsne sensitivity efficiency vip2clip dapo")
     p.add_argument("--jobs", type=int, default=1, help="notebooks run at once")

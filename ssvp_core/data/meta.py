@@ -3,7 +3,9 @@
     {"train": {cls: [entry, ...]}, "test": {cls: [entry, ...]}}
     entry = {"img_path", "mask_path" ("" for normals), "cls_name", "specie_name", "anomaly" (0/1)}
 
-Paths are relative to the dataset root.
+Paths are relative to the dataset root (AnomalyCLIP's own scripts write them prefixed with the root they were run
+with: "./images/..." or absolute paths, which resolve the same way). Image-level-only sets (HeadCT, BrainMRI, Br35H)
+have no mask for any image: their anomalous entries are read without masks, so their pixel metrics are undefined.
 """
 from __future__ import annotations
 
