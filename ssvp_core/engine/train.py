@@ -116,6 +116,8 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
         raise ConfigError(f"method {cfg.method!r} is training-free; evaluate it directly (ssvp eval)")
     detector.to(device)
     samples = read_dataset(cfg.train.dataset, cfg.train.root, "test", cfg.train.classes or None)
+    for ref in cfg.train.extra:
+        samples += read_dataset(ref.name, ref.root, "test", ref.classes or None)
     dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes())
     batch_size = cfg.train.batch_size
     if batch_size % info.world:

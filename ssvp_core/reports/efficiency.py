@@ -18,14 +18,12 @@ import json, resource, statistics, sys, time, torch
 from torch.utils.flop_counter import FlopCounterMode
 from ssvp_core.config import load_config
 from ssvp_core.methods import build_detector
-profile, method, device, repeats, overrides = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5])
+profile, method, device, repeats, overrides, dataset = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5]), sys.argv[6]
 cfg = load_config(profile, method, overrides + [f"device={device}"])
 det = build_detector(cfg).to(device).eval()
 size = det.image_size
-batch = {"image": torch.rand(1, 3, size, size, device=device), "cls": ["object"], "dataset": ["synth-a"],
+batch = {"image": torch.rand(1, 3, size, size, device=device), "cls": ["object"], "dataset": [dataset],
          "views": {s: torch.rand(1, 3, s, s, device=device) for s in det.input_sizes() if s != size}}
-if method == "dapo":
-    batch["dataset"] = ["mvtec"] if profile == "paper" else ["synth-a"]
 with torch.inference_mode():
     det(batch)
     if device.startswith("cuda"):
@@ -47,10 +45,13 @@ print(json.dumps({"method": method, "total_params_M": counts["total"] / 1e6, "tr
 
 
 def measure(profile: str, methods: list[str], device: str = "cpu", repeats: int = 3, overrides: list[str] | None = None) -> pd.DataFrame:
+    from .experiments import section
+
     rows = []
+    dataset = section(profile, "main_target", "mvtec")  # names the defect vocabulary DAPO's prompts are built for
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     for method in methods:
-        proc = subprocess.run([sys.executable, "-c", _CHILD, profile, method, device, str(repeats), json.dumps(overrides or [])],
+        proc = subprocess.run([sys.executable, "-c", _CHILD, profile, method, device, str(repeats), json.dumps(overrides or []), dataset],
                               capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"measuring {method} failed:\n{proc.stderr[-2000:]}")
