@@ -29,8 +29,11 @@
               focal + Dice(anomalous, mask) + Dice(normal, 1 - mask). The release runs only at batch 1, where its
               squeezed mask makes BinaryDiceLoss average a Dice per image ROW (`dice=rows`); `dice=image` is the
               per-image Dice it would compute at a larger batch.
-    training  AdamW(0.5, 0.999), lr 0.01 for everything, weight decay 0.01 (AdamW's default), 5 epochs, batch 1, fp16
-              autocast over the whole forward pass, exact GELU (methods/__init__.py).
+    training  AdamW(0.5, 0.999), lr 0.01 for everything, weight decay 0.01 (AdamW's default), 5 epochs, batch 1, exact
+              GELU, fp16 autocast (methods/__init__.py).
+    precision the frozen towers run under `backbone.precision` (released: fp16 autocast). The trainable heads, the
+              similarities, HSF and the maps run in float32, where the release autocasts them too: with logits x100,
+              fp16 rounds them by ~0.05 and bf16 by ~0.4, which alone moves bf16 maps by several hundredths.
 """
 from __future__ import annotations
 
@@ -103,6 +106,22 @@ def overwrite_prompt_hook(tokens: torch.Tensor):
         return x
 
     return hook
+
+
+def upsampled_logits(logits: list[torch.Tensor], grid: tuple[int, int], size: int) -> list[torch.Tensor]:
+    """Per-tap patch logits (B, N, 2) -> (B, 2, size, size), bilinear with align_corners=True (no softmax yet)."""
+    return [upsample(l.transpose(1, 2).reshape(l.shape[0], 2, *grid), size, align_corners=True) for l in logits]
+
+
+def aggregated_map(upsampled: list[torch.Tensor]) -> torch.Tensor:
+    """The release's test map (aggregation=True): average the taps' logits, soft-max, (p_anomalous + 1 - p_normal) / 2."""
+    prob = torch.stack(upsampled).mean(0).softmax(1)
+    return (prob[:, 1] + 1 - prob[:, 0]) / 2
+
+
+def image_probabilities(cls: torch.Tensor, text: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[normal, anomalous] probabilities (B, 2) of the (HSF-mixed) global features (B, D) against the text (B, 2, D)."""
+    return ((cls[:, None] @ text.transpose(1, 2))[:, 0] / temperature).softmax(-1)
 
 
 def row_dice(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -182,7 +201,9 @@ class AdaCLIP(ClipDetector):
             for name in set(class_names) - set(self._fixed_text):
                 emb, eot, n_normal = self._sentence_embeddings(name, device)
                 with torch.no_grad():
-                    self._fixed_text[name] = self._pool_states(self.clip.encode_text_embeddings(emb, eot), n_normal)
+                    with self._tower_precision():
+                        feats = self.clip.encode_text_embeddings(emb, eot)
+                    self._fixed_text[name] = self._pool_states(feats, n_normal)
             return torch.stack([self._fixed_text[name].to(device) for name in class_names])
         parts = [self._sentence_embeddings(name, device) for name in class_names]
         width = max(p[0].shape[1] for p in parts)
@@ -190,43 +211,47 @@ class AdaCLIP(ClipDetector):
         eot = torch.cat([e for _, e, _ in parts])
         counts = [p[0].shape[0] for p in parts]
         per_sentence = tokens.expand(len(class_names), -1, -1, -1).repeat_interleave(torch.tensor(counts, device=tokens.device), 0)
-        feats = self.clip.encode_text_embeddings(emb, eot, hook=overwrite_prompt_hook(per_sentence))
+        with self._tower_precision():
+            feats = self.clip.encode_text_embeddings(emb, eot, hook=overwrite_prompt_hook(per_sentence))
         return torch.stack([self._pool_states(f, n) for f, (_, _, n) in zip(feats.split(counts), parts)])
 
     # ---- forward ------------------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> Output:
         x = batch_view(batch, self.backbone_cfg.clip.image_size)
-        with autocast_context(x.device, self.backbone_cfg.precision):  # the release autocasts its whole forward
-            return self._forward(x, self.class_names(batch))
+        return self._forward(x, self.class_names(batch))
+
+    def _tower_precision(self):
+        return autocast_context(self.clip.mean.device, self.backbone_cfg.precision)
 
     def _forward(self, x: torch.Tensor, class_names: list[str]) -> Output:
         o = self.options
         visual_tokens_needed = hasattr(self, "static_visual") or hasattr(self, "dynamic_visual")
         plain, g0 = None, None
         if "D" in o.prompt_type or not visual_tokens_needed:
-            with torch.no_grad():  # the unprompted frozen pass: conditions the dynamic prompts
+            with torch.no_grad(), self._tower_precision():  # the unprompted frozen pass: conditions the dynamic prompts
                 plain = self.clip.image_features(x)
-                g0 = self.clip.project(plain.final[:, 0])
+                g0 = self.clip.project(plain.final[:, 0]).float()
         vdepth = min(o.depth, len(self.clip.blocks))
         prompts = self.prompt_tokens(g0, "visual", vdepth)
         if prompts is not None:
             prompts = prompts.expand(x.shape[0], -1, -1, -1)
-            feats = self.clip.image_features(x, hook=appended_prompt_hook(prompts),
-                                             checkpointing=getattr(self, "grad_checkpointing", False))
+            with self._tower_precision():
+                feats = self.clip.image_features(x, hook=appended_prompt_hook(prompts),
+                                                 checkpointing=getattr(self, "grad_checkpointing", False))
         else:
             feats = plain
         n_patches = self.clip.grid[0] * self.clip.grid[1]
-        patches = [F.normalize(proj(t[:, 1:1 + n_patches]), dim=-1) for proj, t in zip(self.patch_projection, feats.taps)]
-        cls = F.normalize(self.cls_projection(self.clip.project(feats.final[:, 0])), dim=-1)
+        patches = [F.normalize(proj(t[:, 1:1 + n_patches].float()), dim=-1) for proj, t in zip(self.patch_projection, feats.taps)]
+        with self._tower_precision():
+            pooled = self.clip.project(feats.final[:, 0])
+        cls = F.normalize(self.cls_projection(pooled.float()), dim=-1)
         text = self.text_features(g0, class_names)  # (B, 2, D)
         logits = [p @ text.transpose(1, 2) / o.temperature for p in patches]  # per tap (B, N, 2)
         if o.hsf:
             cls = self.hybrid_semantic_fusion(cls, patches, logits)
-        image_probs = ((cls[:, None] @ text.transpose(1, 2))[:, 0] / o.temperature).softmax(-1)
-        grids = [l.transpose(1, 2).reshape(x.shape[0], 2, *self.clip.grid) for l in logits]
-        up = [upsample(g, self.image_size, align_corners=True) for g in grids]
-        prob = torch.stack(up).mean(0).softmax(1)
-        anomaly_map = (prob[:, 1] + 1 - prob[:, 0]) / 2
+        image_probs = image_probabilities(cls, text, o.temperature)
+        up = upsampled_logits(logits, self.clip.grid, self.image_size)
+        anomaly_map = aggregated_map(up)
         aux = {"image_probs": image_probs}
         if self.training:  # the release's aggregation=False: a softmax map per tap for the loss
             aux["layer_maps"] = [u.softmax(1) for u in up]
@@ -256,7 +281,8 @@ class AdaCLIP(ClipDetector):
         for b in range(cls.shape[0]):
             labels = self.cluster_labels(chosen[b].detach().permute(1, 0, 2).flatten(1), top[b])  # taps concatenated
             ids = labels.unique()
-            members = (labels[None] == ids[:, None]).to(chosen.dtype)  # (C, k); empty clusters never appear
+            members = (labels[None] == ids[:, None]).to(chosen.dtype)  # (C, k): clusters with members only (sklearn
+            # leaves none empty; an empty one would make the release's mean NaN)
             sizes = members.sum(1, keepdim=True)
             centroids = members @ chosen[b].mean(0) / sizes  # mean over taps and members
             if o.hsf_rule == "mean_of_centroids":
