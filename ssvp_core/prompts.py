@@ -73,11 +73,12 @@ def trunc_normal(shape: tuple[int, ...], std: float = 0.02, mean: float = 0.0) -
 
 
 def deep_token_hook(tokens: torch.Tensor, mode: str = "replace", alpha: float = 0.0, position: int = 1):
-    """A block hook for deep prompt tokens (VPT-deep / MaPLe style), shared by DAPO, AnomalyCLIP and AdaCLIP.
+    """A block hook for deep prompt tokens (VPT-deep / MaPLe style), shared by DAPO and AnomalyCLIP
+    (AdaCLIP's release appends and overwrites differently: methods/adaclip.py).
 
     tokens: (depth, n, W) or a per-sample (B, depth, n, W). Before block 0 the n tokens are inserted at `position`
-    (after SOT / CLS); before block j < depth the n slots are rewritten: `replace` puts tokens[j] there (AnomalyCLIP,
-    AdaCLIP), `blend` sets alpha * slot + (1 - alpha) * tokens[j] (DAPO's progressive update). Later blocks run as is.
+    (after SOT / CLS); before block j < depth the n slots are rewritten: `replace` puts tokens[j] there (AnomalyCLIP),
+    `blend` sets alpha * slot + (1 - alpha) * tokens[j] (DAPO's progressive update). Later blocks run as is.
     """
     depth = tokens.shape[-3]
     n = tokens.shape[-2]

@@ -103,9 +103,12 @@ register(MethodSpec("aprilgan", APRILGAN, APRILGANOptions, "APRIL-GAN (Chen et a
 register(MethodSpec("anomalyclip", AnomalyCLIP, AnomalyCLIPOptions, "AnomalyCLIP (Zhou et al., ICLR 2024)",
                     train_defaults={"epochs": 15, "batch_size": 8, "lr_prompt": 1e-3, "lr_head": 1e-3, **_CONSTANT},
                     backbone_defaults={"clip": {"pos_embed_interpolation": "bilinear"}, "precision": "fp32"}))
+# AdaCLIP train.py/trainer.py: AdamW(0.5, 0.999) with its default weight decay 0.01, lr 0.01 for every parameter, no
+# schedule, 5 epochs, batch 1; CLIP built with exact GELU (its model configs), forward under fp16 autocast
 register(MethodSpec("adaclip", AdaCLIP, AdaCLIPOptions, "AdaCLIP (Cao et al., ECCV 2024)",
                     train_defaults={"epochs": 5, "batch_size": 1, "lr_prompt": 1e-2, "lr_head": 1e-2, "optimizer": "adamw",
-                                    **_CONSTANT}))
+                                    "weight_decay": 0.01, **_CONSTANT},
+                    backbone_defaults={"clip": {"activation": "gelu"}, "precision": "fp16"}))
 register(MethodSpec("bayes_pfl", BayesPFL, BayesPFLOptions, "Bayes-PFL (Qu et al., CVPR 2025)",
                     train_defaults={"epochs": 30, "batch_size": 32, "lr_prompt": 1e-4, "lr_head": 1e-4},
                     eval_defaults={"sigma": 8.0}))
