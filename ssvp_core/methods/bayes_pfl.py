@@ -24,7 +24,7 @@ The released method (xiaozhen228/Bayes-PFL @ 8f155a0; the files named below), pr
               exp(t_image), a softmax per pair, mean over pairs (test.py:153-156); fuse = attention pooling of the
               4 layers' concatenated taps (VPB.py:113-130). Score = alpha minmax(global) + (1 - alpha) minmax(mean
               of the top-k pixels of the unsmoothed map), min-max per class, alpha 0.5, k 2000 at 518 px (20 for 7
-              small-defect classes) (models/metric_and_visualization.py:160-190).
+              small-defect classes) (models/metric_and_visualization.py:160-189).
     training  stage 1 (train.py:216-246): CE on one random prompt pair + per layer class-balanced focal + Dice of
               the abnormal channel pooled over the batch (loss.py:27-68) on that pair + 0.01 x KL of each of the
               3 flows + the prompts' orthogonality loss (loss.py:7-25). Stage 2: CE alone, training only
@@ -67,7 +67,7 @@ RELEASED_PROMPT_NAMES = {
     "pipe_fryum": "pipe fryum", "chewinggum": "chewing gum", "metal_nut": "metal nut",
     "01": "metal1", "02": "wood", "03": "metal2",
 }
-MINMAX_EPS = 1e-8  # metric_and_visualization.py:185-186
+MINMAX_EPS = 1e-8  # metric_and_visualization.py:187-188
 
 
 def planar_step(z: torch.Tensor, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -408,7 +408,7 @@ class BayesPFL(ClipDetector):
         return Output(anomaly_map, score, {"gaps": gaps, "logits": logits, "kl": kl, "text": text[:, 0], "stage": self.stage})
 
     def top_k_mean(self, anomaly_map: torch.Tensor, classes: list[str]) -> torch.Tensor:
-        """Mean of the k highest pixels of the unsmoothed map (metric_and_visualization.py:160-169)."""
+        """Mean of the k highest pixels of the unsmoothed map (metric_and_visualization.py:160-171)."""
         o = self.options
         scale = (self.image_size / o.top_k_size) ** 2
         flat = anomaly_map.flatten(1)
@@ -417,7 +417,7 @@ class BayesPFL(ClipDetector):
         return torch.stack([row.topk(k).values.mean() for row, k in zip(flat, ks)])
 
     def class_scores(self, parts: dict[str, np.ndarray]) -> np.ndarray | None:
-        """alpha minmax(global) + (1 - alpha) minmax(top-k) over the images of a class (metric_and_visualization.py:185-187)."""
+        """alpha minmax(global) + (1 - alpha) minmax(top-k) over the images of a class (metric_and_visualization.py:187-189)."""
         if self.options.score_normalization != "class_minmax":
             return None
 
