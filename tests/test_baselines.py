@@ -1,5 +1,5 @@
-"""Table-1 baselines: WinCLIP's windows and harmonic aggregation, APRIL-GAN, AdaCLIP (static/dynamic prompts, HSF),
-Bayes-PFL (planar flows, score rule, per-class min-max). AnomalyCLIP has its own file (test_anomalyclip.py)."""
+"""Table-1 baselines: WinCLIP's windows and harmonic aggregation, APRIL-GAN, AdaCLIP (static/dynamic prompts, HSF).
+AnomalyCLIP: tests/test_anomalyclip.py; Bayes-PFL: tests/test_bayes_pfl.py."""
 import dataclasses
 
 import numpy as np
@@ -7,14 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiny import GRID, SIZE, random_batch, smoke_config, tiny_backbone
+from tiny import GRID, SIZE, random_batch, tiny_backbone
 from ssvp_core.config import load_config
 from ssvp_core.methods import method_spec
 from ssvp_core.methods.adaclip import (AdaCLIP, AdaCLIPOptions, aggregated_map, appended_prompt_hook, ensemble_sentences,
                                        image_probabilities, overwrite_prompt_hook, upsampled_logits)
 from ssvp_core.methods.base import Output
 from ssvp_core.methods.aprilgan import APRILGAN, APRILGANOptions
-from ssvp_core.methods.bayes_pfl import BayesPFL, BayesPFLOptions, PlanarFlow
 from ssvp_core.methods.winclip import WinCLIP, WinCLIPOptions, harmonic_aggregation, window_indices
 
 
@@ -266,44 +265,3 @@ def test_adaclip_prompts_change_the_text_per_image():
     with torch.no_grad():
         text = det.text_features(g0, ["bottle", "bottle"])
     assert not torch.allclose(text[0], text[1]) and not torch.allclose(text[0, 0], text[0, 1])
-
-
-# ---- Bayes-PFL ------------------------------------------------------------------------------------------------
-
-def test_planar_flow_log_determinant():
-    torch.manual_seed(0)
-    flow = PlanarFlow(3)
-    with torch.no_grad():
-        flow.u.copy_(torch.tensor([0.5, -0.2, 0.1]))
-        flow.w.copy_(torch.tensor([1.0, 0.3, -0.4]))
-    z = torch.randn(3)
-    f, logdet = flow(z)
-    jac = torch.autograd.functional.jacobian(lambda v: flow(v)[0], z)
-    assert torch.allclose(logdet, torch.log(torch.det(jac).abs()), atol=1e-5)
-
-
-def test_bayes_pfl_scores_and_class_minmax():
-    det = BayesPFL(BayesPFLOptions(mc_test=3), tiny_backbone(), SIZE).eval()
-    b = batch()
-    with torch.no_grad():
-        out = det(b)
-    assert torch.allclose(out.score, 0.5 * out.aux["s_global"] + 0.5 * out.aux["s_local"])
-    assert det.class_scores({"s_global": np.array([0.1, 0.2]), "s_local": np.array([0.5, 0.4])}) is None
-    det.options.score_normalization = "class_minmax"
-    mixed = det.class_scores({"s_global": np.array([0.1, 0.3, 0.2]), "s_local": np.array([0.5, 0.4, 0.45])})
-    assert np.allclose(mixed, 0.5 * np.array([0.0, 1.0, 0.5]) + 0.5 * np.array([1.0, 0.0, 0.5]))
-    det.train()
-    parts = det.loss(det(b), b)
-    assert set(parts) == {"local", "image", "kl", "total"} and torch.isfinite(parts["total"])
-    parts["total"].backward()
-    assert det.flows["image_specific"].flows[0].u.grad is not None and det.context.grad.abs().sum() > 0
-
-
-def test_class_minmax_reaches_the_evaluation(synth_root, tmp_path):
-    from ssvp_core.engine.infer import evaluate
-
-    cfg = smoke_config("bayes_pfl", f"out_dir={tmp_path}", "options.score_normalization=class_minmax", root=synth_root)
-    det = BayesPFL(BayesPFLOptions(score_normalization="class_minmax", mc_test=2), cfg.backbone, cfg.image_size)
-    result = evaluate(det, cfg.eval.datasets[0], cfg, progress=False)
-    for _, group in result.samples.groupby("cls"):
-        assert group.score.min() >= 0 and group.score.max() <= 1 and group.score.max() > 0.5  # rescaled per class

@@ -71,7 +71,9 @@ def make_scheduler(optimizer, cfg: RunConfig, total_steps: int):
         progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    # a parameter group marked {"schedule": "constant"} keeps its lr (Bayes-PFL's stage-2 optimiser has no schedule)
+    factors = [(lambda step: 1.0) if g.get("schedule") == "constant" else factor for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -146,6 +148,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
     bar = tqdm(total=total_steps, initial=state.global_step, desc=f"train {cfg.method}", disable=not (progress and info.main))
     started = time.time()
     while not state.complete and state.epoch < cfg.train.epochs:
+        detector.start_epoch(state.epoch, cfg.train.epochs)
         order = epoch_order(len(dataset), cfg.train.seed, state.epoch)
         first = state.step_in_epoch
         # each rank takes an interleaved slice of every global batch; resuming skips the batches already done

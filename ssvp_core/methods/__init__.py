@@ -109,9 +109,12 @@ register(MethodSpec("adaclip", AdaCLIP, AdaCLIPOptions, "AdaCLIP (Cao et al., EC
                     train_defaults={"epochs": 5, "batch_size": 1, "lr_prompt": 1e-2, "lr_head": 1e-2, "optimizer": "adamw",
                                     "weight_decay": 0.01, **_CONSTANT},
                     backbone_defaults={"clip": {"activation": "gelu"}, "precision": "fp16"}))
+# Bayes-PFL train.sh / train.py: 30 epochs, batch 32, seed 333; prompts 1e-3, linear layers 1e-4 (flows and
+# temperatures: the method's options); its CLIP uses exact GELU in both towers and runs in fp32
 register(MethodSpec("bayes_pfl", BayesPFL, BayesPFLOptions, "Bayes-PFL (Qu et al., CVPR 2025)",
-                    train_defaults={"epochs": 30, "batch_size": 32, "lr_prompt": 1e-4, "lr_head": 1e-4},
-                    eval_defaults={"sigma": 8.0}))
+                    train_defaults={"epochs": 30, "batch_size": 32, "lr_prompt": 1e-3, "lr_head": 1e-4, "seed": 333},
+                    eval_defaults={"sigma": 8.0, "seed": 333},
+                    backbone_defaults={"clip": {"activation": "gelu"}, "precision": "fp32"}))
 register(MethodSpec("reference", ReferenceScorer, ReferenceOptions, "training-free pixel statistics (no paper; a floor)"))
 
 __all__ = ["Detector", "Output", "MethodSpec", "REGISTRY", "register", "method_spec", "build_detector"]
