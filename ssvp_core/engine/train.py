@@ -6,7 +6,8 @@ mid-epoch checkpoint draws exactly the same batches and noise as an uninterrupte
 parameters. Optimiser: Adam(betas 0.5, 0.999) with per-group learning rates (prompts / heads / temperatures),
 cosine decay after a linear warm-up (SSVP.md §6). A non-finite loss stops the run with the step that produced it.
 Under torchrun the trainable heads are wrapped in DistributedDataParallel and each rank takes an interleaved
-slice of every global batch.
+slice of every global batch. `train.mosaic` > 0 replaces that share of the items by 2x2 mosaics of their class
+(APRIL-GAN's augmentation, data/mosaic.py), drawn from (seed, epoch, index).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from ..config import RunConfig
 from ..data.loader import AnomalyDataset
+from ..data.mosaic import MosaicDataset
 from ..data.registry import read_dataset
 from ..errors import ConfigError, TrainingDiverged
 from ..methods import build_detector
@@ -121,6 +123,8 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
     for ref in cfg.train.extra:
         samples += read_dataset(ref.name, ref.root, "test", ref.classes or None)
     dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes())
+    if cfg.train.mosaic > 0:
+        dataset = MosaicDataset(dataset, cfg.train.mosaic, cfg.train.seed)
     batch_size = cfg.train.batch_size
     if batch_size % info.world:
         raise ConfigError(f"train.batch_size={batch_size} must be divisible by the number of processes ({info.world})")
@@ -150,6 +154,8 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
     while not state.complete and state.epoch < cfg.train.epochs:
         detector.start_epoch(state.epoch, cfg.train.epochs)
         order = epoch_order(len(dataset), cfg.train.seed, state.epoch)
+        if isinstance(dataset, MosaicDataset):
+            dataset.epoch = state.epoch
         first = state.step_in_epoch
         # each rank takes an interleaved slice of every global batch; resuming skips the batches already done
         batches = [order[s * batch_size:(s + 1) * batch_size][info.rank::info.world] for s in range(first, steps_per_epoch)]

@@ -29,6 +29,9 @@ class MethodSpec:
     train_defaults: dict = field(default_factory=dict)
     eval_defaults: dict = field(default_factory=dict)
     backbone_defaults: dict = field(default_factory=dict)  # e.g. {"clip": {"activation": "gelu"}} (its released code)
+    # train defaults that depend on the auxiliary (training) dataset, merged over `train_defaults` for that
+    # `train.dataset`, e.g. APRIL-GAN: {"visa": {"epochs": 15}, "mvtec": {"epochs": 3, "mosaic": 0.2}}
+    train_defaults_by_dataset: dict = field(default_factory=dict)
 
     def options_from(self, data: dict | None) -> Any:
         return options_from(self.options, data, f"{self.name} options")
@@ -92,12 +95,19 @@ from .adaclip import AdaCLIP, AdaCLIPOptions  # noqa: E402
 from .anomalyclip import AnomalyCLIP, AnomalyCLIPOptions  # noqa: E402
 from .aprilgan import APRILGAN, APRILGANOptions  # noqa: E402
 from .bayes_pfl import BayesPFL, BayesPFLOptions  # noqa: E402
-from .winclip import WinCLIP, WinCLIPOptions  # noqa: E402
+from .winclip import WINCLIP_BACKBONE, WinCLIP, WinCLIPOptions  # noqa: E402
 
 _CONSTANT = {"schedule": "constant", "warmup_frac": 0.0}
-register(MethodSpec("winclip", WinCLIP, WinCLIPOptions, "WinCLIP (Jeong et al., CVPR 2023)"))
+# anomalib's WinCLIP: its own ViT-B/16+ at 240 px in fp32 (Lightning's default precision), no smoothing
+register(MethodSpec("winclip", WinCLIP, WinCLIPOptions, "WinCLIP (Jeong et al., CVPR 2023)",
+                    eval_defaults={"sigma": 0.0}, backbone_defaults={"clip": dict(WINCLIP_BACKBONE), "precision": "fp32"}))
+# APRIL-GAN's train.sh / test.py: its loader builds exact GELU at 518 px and runs under fp16 autocast; Adam(0.5, 0.999)
+# lr 1e-3, batch 8; 15 epochs on VisA, 3 on MVTec with the 2x2 mosaic at rate 0.2; no smoothing at test time
 register(MethodSpec("aprilgan", APRILGAN, APRILGANOptions, "APRIL-GAN (Chen et al., arXiv 2305.17382)",
-                    train_defaults={"epochs": 3, "batch_size": 8, "lr_head": 1e-3, **_CONSTANT}))
+                    train_defaults={"epochs": 3, "batch_size": 8, "lr_head": 1e-3, **_CONSTANT},
+                    train_defaults_by_dataset={"visa": {"epochs": 15}, "mvtec": {"epochs": 3, "mosaic": 0.2}},
+                    eval_defaults={"sigma": 0.0},
+                    backbone_defaults={"clip": {"activation": "gelu"}, "precision": "fp16"}))
 # AnomalyCLIP's release: the model stays fp32 (build_model's convert_weights is commented out) and its forward
 # resizes the position embedding bilinearly
 register(MethodSpec("anomalyclip", AnomalyCLIP, AnomalyCLIPOptions, "AnomalyCLIP (Zhou et al., ICLR 2024)",
