@@ -323,7 +323,8 @@ _CACHE: dict = {}
 
 def get_clip(cfg: ClipConfig) -> ClipBackbone:
     """Build once per configuration and process (frozen modules are never modified, so sharing is safe)."""
-    key = ("clip", cfg.model, str(cfg.pretrained), cfg.image_size, tuple(cfg.layers), cfg.activation)
+    key = ("clip", cfg.model, str(cfg.pretrained), cfg.image_size, tuple(cfg.layers), cfg.activation,
+           cfg.pos_embed_interpolation)
     if key not in _CACHE:
         _CACHE[key] = ClipBackbone(cfg)
     return _CACHE[key]
