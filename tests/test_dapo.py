@@ -18,7 +18,7 @@ from ssvp_core.data.defects import (MVTEC_TEST, MVTEC_TRAIN, REAL_IAD, REAL_IAD_
 from ssvp_core.data.realiad import CODES
 from ssvp_core.engine.infer import evaluate
 from ssvp_core.engine.multitype import MultiTypeEvaluation, multitype_hook, object_type_scores
-from ssvp_core.errors import ConfigError
+from ssvp_core.errors import ConfigError, MetricUndefinedWarning
 from ssvp_core.methods.dapo import DAPO, DAPOOptions
 from ssvp_core.metrics.multitype import multitype_metrics
 from ssvp_core.prompts import deep_token_hook
@@ -265,7 +265,8 @@ def test_multitype_visa_restricted_softmax_labels_and_left_out_images():
     g = torch.Generator().manual_seed(0)
     aux = [{"type_logits": torch.randn(3, 16, 1 + 18, generator=g) * 2} for _ in defects]
     ev = MultiTypeEvaluation(VISA_MULTITYPE, size, grid)
-    ev.add("chewinggum", [visa_sample(d) for d in defects], None, masks, aux)
+    with pytest.warns(MetricUndefinedWarning, match="spot"):  # no kept image shows "spot"
+        ev.add("chewinggum", [visa_sample(d) for d in defects], None, masks, aux)
     row = ev.result()["objects"].iloc[0]
     assert row.images_left_out == 2  # small cracks (crack is not a chewinggum type), two labels
     columns = [0, 2, 15, 18]  # normal, scratch, spot, missing
@@ -296,7 +297,8 @@ def test_mvtec_screw_manipulated_front_is_fabric_in_multitype_only():
     masks = np.zeros((2, 8, 8), bool)
     masks[1, :4] = True
     aux = [{"type_logits": torch.randn(2, 16, 21)} for _ in range(2)]
-    ev.add("screw", [visa_sample("good"), visa_sample("manipulated_front")], None, masks, aux)
+    with pytest.warns(MetricUndefinedWarning, match="scratch"):
+        ev.add("screw", [visa_sample("good"), visa_sample("manipulated_front")], None, masks, aux)
     row = ev.result()["objects"].iloc[0]
     assert row.images_left_out == 0 and not np.isnan(row.auroc)
     assert not np.isnan(ev.result()["types"].set_index("defect").loc["fabric", "auroc"])

@@ -160,7 +160,7 @@ def test_loss_is_focal_plus_two_dice_per_layer_plus_image_ce():
                 for mm in out.aux["layer_maps"])
     logits = out.aux["logits"].detach().double()
     image = float(-(logits.log_softmax(-1)[torch.arange(3), b["label"]]).mean())
-    assert abs(float(parts["pixel"]) - pixel) < 1e-5 and abs(float(parts["image"]) - image) < 1e-5
+    assert abs(float(parts["pixel"].detach()) - pixel) < 1e-5 and abs(float(parts["image"].detach()) - image) < 1e-5
     assert torch.allclose(parts["total"], parts["pixel"] + parts["image"])
 
 
