@@ -62,7 +62,9 @@ class SSVPOptions:
     lambda_vae: float = 1.0  # Eq. 22
     lambda_reg: float = 0.5  # Eq. 22
     xi: float = 0.85  # Eq. 12
-    detach_vae_target: bool = False  # let the reconstruction gradient reach V_g (end-to-end)
+    # Eq. 9's target V_g: not detached (end-to-end, as the paper trains; it marks a stop-gradient only in Eq. 12).
+    # True stops the target path only; the encoder path (mu, log sigma^2 of V_g) still reaches V_g either way
+    detach_vae_target: bool = False
     # VTAM (Eqs. 13-19)
     vtam: bool = True
     tau: float = 0.07  # §11 #10: initial temperature of Eq. 14 (and of the image score)
