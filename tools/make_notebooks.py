@@ -11,8 +11,13 @@ NOTEBOOKS = {
     "table1": ("Table 1: comparison with the state of the art", "SSVP v2 Table 1: 7 datasets x methods, image (AUROC, F1-max, AP) and pixel (AUROC, PRO, AP).",
                {"datasets": None, "methods": None}),
     "table2": ("Table 2: MVTec-AD per class", "SSVP v2 Table 2: image- and pixel-level AUROC per class.", {"dataset": None, "methods": None}),
-    "table3": ("Table 3: component ablation", "SSVP v2 Table 3: models A-E, mean ± std over seeds.", {"dataset": None, "seeds": None}),
-    "table4": ("Table 4: semantic-visual alignment", "SSVP v2 Table 4: TIR-FG and SCD (Eqs. 23-24).", {"dataset": None}),
+    "table3": ("Table 3: component ablation", "SSVP v2 Table 3: models A-E, mean ± std over seeds. `baseline`: what row A "
+               "(Bayes-PFL) shares with rows B-E: shared_schedule (epochs, batch, optimiser, schedule, test sigma) | "
+               "shared_schedule_and_backbone | released (Bayes-PFL's own settings).",
+               {"dataset": None, "seeds": None, "baseline": "shared_schedule"}),
+    "table4": ("Table 4: semantic-visual alignment", "SSVP v2 Table 4: TIR-FG and SCD (Eqs. 23-24). `tir_layers`: mean | last | a tapped-layer "
+               "index (Eq. 23's patch features); `t_static`: handcrafted | t_init (Eq. 24's static prototype).",
+               {"dataset": None, "tir_layers": "mean", "t_static": "handcrafted"}),
     "table5": ("Table 5: auxiliary visual backbone", "SSVP v2 Table 5: MAE, DINOv2, DINOv3 S+/B/L as the structural encoder.", {"dataset": None}),
     "qualitative": ("Figures 3-5: qualitative results", "Heat maps of AdaCLIP, Bayes-PFL and SSVP (Fig. 3) and the 4-panel baseline-vs-SSVP layout (Figs. 4-5).",
                     {"dataset": None, "other_datasets": None}),

@@ -3,8 +3,10 @@
     HSVS  (Eqs. 1-5)   one ATF (dual-path cross-attention CLIP<->DINO, LN, concat, 2-layer GELU MLP, residual onto
                        CLIP) per tapped layer pair, plus a global ATF on the two global tokens.
     prompts (Eq. 6)    3 normal + 3 abnormal learnable prompts [V]_bg [V]_state [CLASS]; [V]_bg shared per pair.
-    VCPG  (Eqs. 7-12)  VAE on V_g; n reparameterised latent samples; text->latent cross-attention;
-                       T_final = LN(T_init + alpha * delta), alpha initialised to 0; margin regulariser.
+    VCPG  (Eqs. 7-12)  VAE on V_g; n reparameterised latent samples as keys/values of the text->latent
+                       cross-attention (at evaluation mu joins them as one extra token and the samples use fixed
+                       noise, SSVP.md §3.3); T_final = LN(T_init + alpha * delta), alpha initialised to 0; margin
+                       regulariser with a stop-gradient on T_init.
     VTAM  (Eqs. 13-19) per-layer 2-way softmax maps; AnomalyMoE: softmax global gate over layers, sigmoid 1x1
                        local gate per layer; S_final = (1 - gamma) S_global + gamma S_local.
     losses (Eqs. 20-22) focal (fused + per-layer maps) + BCE on S_final + lambda1 L_VAE + lambda2 L_reg.
@@ -50,18 +52,25 @@ class SSVPOptions:
     vae_hidden: int = 512  # §11 #7
     latent_dim: int = 0  # §11 #7: 0 = joint width
     n_latent_samples: int = 5  # §11 #8: latent samples used as keys/values (1 = the literal, degenerate version)
-    eval_latent: Literal["mu", "samples"] = "mu"  # §11 #9: mu (deterministic) | samples
+    # §11 #9 / §3.3, keys and values of Eq. 10 at evaluation: mu_and_samples = mu as one extra token beside n samples |
+    # mu = mu alone (softmax over one key is 1: every prompt gets the same delta, a case training never sees) |
+    # samples = n samples, as in training. Evaluation samples use fixed noise (eval_noise_seed), so they are deterministic
+    eval_latent: Literal["mu_and_samples", "mu", "samples"] = "mu_and_samples"
+    eval_noise_seed: int = 0
     attn_dim: int = 0  # d_k of Eq. 10; 0 = joint width
     beta_kl: float = 0.1  # Eq. 9
     lambda_vae: float = 1.0  # Eq. 22
     lambda_reg: float = 0.5  # Eq. 22
     xi: float = 0.85  # Eq. 12
-    detach_vae_target: bool = False  # let the reconstruction gradient reach V_g (end-to-end)
+    # Eq. 9's target V_g: not detached (end-to-end, as the paper trains; it marks a stop-gradient only in Eq. 12).
+    # True stops the target path only; the encoder path (mu, log sigma^2 of V_g) still reaches V_g either way
+    detach_vae_target: bool = False
     # VTAM (Eqs. 13-19)
     vtam: bool = True
     tau: float = 0.07  # §11 #10: initial temperature of Eq. 14 (and of the image score)
     learnable_tau: bool = True  # §11 #10
     lr_temperature: float = 0.01  # Bayes-PFL's learning rate for its temperatures
+    max_logit_scale: float = 0.0  # upper clamp of the learnable 1/tau; 0 = none (Bayes-PFL), 100 = CLIP's clamp
     prompt_aggregation: Literal["pairwise", "mean_embedding"] = "pairwise"  # §11 #11: pairwise softmax then mean | mean_embedding per state
     gate_hidden: int = 0  # F_gate^global hidden width; 0 = joint width / 2
     local_gate: Literal["per_layer", "shared"] = "per_layer"  # §11 #20: per_layer | shared
@@ -142,17 +151,17 @@ class VCPG(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(()))  # Eq. 11, initialised to 0
         self.norm = nn.LayerNorm(d)
 
-    def latents(self, v_g: torch.Tensor, n: int, use_mean: bool):
-        mu = self.f_mu(v_g)
-        logvar = self.f_logvar(v_g).clamp(-10.0, 10.0)
-        if use_mean:
-            z = mu[:, None]
-        else:
-            eps = torch.randn(mu.shape[0], n, mu.shape[1], device=mu.device, dtype=mu.dtype)
-            z = mu[:, None] + eps * torch.exp(0.5 * logvar)[:, None]  # Eq. 8, n samples
-        return mu, logvar, z
+    def posterior(self, v_g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 7: (mu, log sigma^2) of q(z | V_g); log sigma^2 clamped to [-10, 10] against overflow in exp."""
+        return self.f_mu(v_g), self.f_logvar(v_g).clamp(-10.0, 10.0)
+
+    @staticmethod
+    def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Eq. 8 for n draws at once: z_i = mu + eps_i * exp(log sigma^2 / 2); eps (B, n, dz) -> z (B, n, dz)."""
+        return mu[:, None] + eps * torch.exp(0.5 * logvar)[:, None]
 
     def forward(self, t_init: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """T_init (B, P, D) queries the latent tokens z (B, K, dz): Eqs. 10-11."""
         q, k, v = self.w_q(t_init), self.w_k(z), self.w_v(z)
         delta = F.scaled_dot_product_attention(q, k, v)  # Eq. 10: softmax(Q K^T / sqrt(d_k)) V
         return self.norm(t_init + self.alpha * delta)  # Eq. 11
@@ -160,7 +169,7 @@ class VCPG(nn.Module):
 
 class SSVP(Detector):
     name = "ssvp"
-    eval_aux_keys = ("abn_cos_map", "t_init", "t_final")
+    eval_aux_keys = ("abn_cos_maps", "t_init", "t_final")
 
     def __init__(self, options: SSVPOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
@@ -274,6 +283,38 @@ class SSVP(Detector):
         sa = feats @ ta.transpose(1, 2)
         return torch.sigmoid(scale * (sa - sn)).mean(-1)  # 2-way softmax = sigmoid of the difference
 
+    def logit_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """1/tau of the pixel maps (Eq. 14) and of the image score, optionally clamped as CLIP clamps its own."""
+        cap = self.options.max_logit_scale
+        scales = (self.logit_scale_pixel, self.logit_scale_image)
+        if cap > 0:
+            scales = tuple(s.clamp(max=math.log(cap)) for s in scales)
+        return scales[0].exp(), scales[1].exp()
+
+    # ---- VCPG latents (Eqs. 7-8) ---------------------------------------------------------------------------
+    def latent_noise(self, mu: torch.Tensor) -> torch.Tensor:
+        """eps of Eq. 8, (B, n, dz). Training: fresh draws from the global RNG (the engine reseeds it every step).
+        Evaluation: n fixed draws from `eval_noise_seed`, the same for every image, so an image's score does not
+        depend on its batch, its position in the data or the process that scores it. A seam where a test can supply
+        its own draws."""
+        B, dz = mu.shape
+        n = self.options.n_latent_samples
+        if self.training:
+            return torch.randn(B, n, dz, device=mu.device, dtype=mu.dtype)
+        g = torch.Generator().manual_seed(self.options.eval_noise_seed)
+        return torch.randn(n, dz, generator=g).to(mu.device, mu.dtype).expand(B, n, dz)
+
+    def latent_tokens(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """The keys/values of Eq. 10, (B, K, dz): n samples in training; at evaluation per `eval_latent` (§11 #8-9)."""
+        mode = self.options.eval_latent
+        if not self.training and mode == "mu":
+            return mu[:, None]
+        samples = self.vcpg.reparameterise(mu, logvar, self.latent_noise(mu))
+        if not self.training and mode == "mu_and_samples":
+            return torch.cat([mu[:, None], samples], dim=1)
+        return samples
+
+    # ---- forward -------------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> Output:
         return self.heads(self.encode_backbones(batch), batch)
 
@@ -285,51 +326,63 @@ class SSVP(Detector):
         t_init = self.text_init(self.class_names(batch), v_global.device)
         aux = {"t_init": t_init}
         if o.vcpg:
-            use_mean = (not self.training) and o.eval_latent == "mu"
-            mu, logvar, z = self.vcpg.latents(v_global, o.n_latent_samples, use_mean)
+            mu, logvar = self.vcpg.posterior(v_global)
+            z = self.latent_tokens(mu, logvar)
             t_final = self.vcpg(t_init, z)
+            # the reconstruction of Eq. 9 decodes the first latent token (a sample in training)
             aux.update(mu=mu, logvar=logvar, z=z, v_global=v_global, recon=self.vcpg.decoder(z[:, 0]))
         else:
             t_final = t_init
         t = F.normalize(t_final, dim=-1)
         aux["t_final"] = t
-        scale_px, scale_img = self.logit_scale_pixel.exp(), self.logit_scale_image.exp()
-        grid = self.clip.grid
-        feats = [F.normalize(v, dim=-1) for v in v_local]
-        layer_maps = [self._pair_probability(f, t, scale_px).view(-1, 1, *grid) for f in feats]  # P_anom^(l)
-        if o.vtam:
-            w_scale = self.global_gate(v_global).softmax(-1)  # Eq. 15
-            p_map = 0
-            for l, (p_l, v_l) in enumerate(zip(layer_maps, v_local)):
-                gate = self.local_gates[l if o.local_gate == "per_layer" else 0]
-                m_spatial = torch.sigmoid(gate(tokens_to_grid(v_l, grid)))  # Eq. 16
-                p_map = p_map + w_scale[:, l, None, None, None] * (m_spatial * p_l)  # Eq. 17
+        layer_maps, p_map, w_scale = self.anomaly_maps(v_local, v_global, t)
+        if w_scale is not None:
             aux["w_scale"] = w_scale
-        else:
-            p_map = torch.stack(layer_maps).mean(0)  # no gates: uniform average of the layer maps
         anomaly_map = upsample(p_map, self.image_size)[:, 0]
+        score, parts = self.image_score(p_map, anomaly_map, v_global, t)
+        aux.update(parts, layer_maps=layer_maps, p_map=p_map)
+        abn = F.normalize(t[:, o.n_prompts:].mean(1), dim=-1)  # t_abn of Eq. 23 (Table 4)
+        aux["abn_cos_maps"] = torch.stack([(F.normalize(v, dim=-1) @ abn[:, :, None])[..., 0] for v in v_local], 1).view(
+            -1, len(v_local), *self.clip.grid)
+        return Output(anomaly_map, score, aux)
+
+    def anomaly_maps(self, v_local: list[torch.Tensor], v_global: torch.Tensor, t: torch.Tensor):
+        """VTAM, Eqs. 13-17: per-layer P_anom^(l) (B, 1, h, w), the fused P_map and the scale weights (None without
+        VTAM, where P_map is the uniform mean of the layer maps). t: T_final, L2-normalised, (B, 2n, D)."""
+        o = self.options
+        grid = self.clip.grid
+        scale_px, _ = self.logit_scales()
+        layer_maps = [self._pair_probability(F.normalize(v, dim=-1), t, scale_px).view(-1, 1, *grid) for v in v_local]
+        if not o.vtam:
+            return layer_maps, torch.stack(layer_maps).mean(0), None
+        w_scale = self.global_gate(v_global).softmax(-1)  # Eq. 15
+        p_map = 0
+        for l, (p_l, v_l) in enumerate(zip(layer_maps, v_local)):
+            gate = self.local_gates[l if o.local_gate == "per_layer" else 0]
+            m_spatial = torch.sigmoid(gate(tokens_to_grid(v_l, grid)))  # Eq. 16, on the un-normalised V_local
+            p_map = p_map + w_scale[:, l, None, None, None] * (m_spatial * p_l)  # Eq. 17
+        return layer_maps, p_map, w_scale
+
+    def image_score(self, p_map: torch.Tensor, anomaly_map: torch.Tensor, v_global: torch.Tensor, t: torch.Tensor):
+        """Eqs. 18-19 -> (S_final (B,), {s_global, s_local[, score_logit]})."""
+        o = self.options
+        _, scale_img = self.logit_scales()
         g = F.normalize(v_global, dim=-1)[:, None]
         s_global = self._pair_probability(g, t, scale_img)[:, 0]  # <V_g, T_final> as a probability (§4.3)
         if o.local_score == "max":
             s_local = p_map.flatten(1).amax(1)  # Eq. 18
         else:
             s_local = anomaly_map.flatten(1).topk(min(o.local_topk, anomaly_map[0].numel()), 1).values.mean(1)
-        if o.vtam:
-            if o.score_loss == "logit_mix":
-                n = o.n_prompts
-                g_logit = (scale_img * (g @ t[:, n:].transpose(1, 2) - g @ t[:, :n].transpose(1, 2))).mean(-1)[:, 0]
-                l_logit = torch.logit(s_local.clamp(1e-6, 1 - 1e-6))
-                score_logit = (1 - o.gamma) * g_logit + o.gamma * l_logit
-                score = torch.sigmoid(score_logit)
-                aux["score_logit"] = score_logit
-            else:
-                score = (1 - o.gamma) * s_global + o.gamma * s_local  # Eq. 19
-        else:
-            score = s_global
-        aux.update(layer_maps=layer_maps, p_map=p_map, s_global=s_global, s_local=s_local)
-        abn = F.normalize(t[:, o.n_prompts:].mean(1), dim=-1)
-        aux["abn_cos_map"] = torch.stack([(f @ abn[:, :, None])[..., 0] for f in feats]).mean(0).view(-1, *grid)
-        return Output(anomaly_map, score, aux)
+        parts = {"s_global": s_global, "s_local": s_local}
+        if not o.vtam:
+            return s_global, parts
+        if o.score_loss == "logit_mix":
+            n = o.n_prompts
+            g_logit = (scale_img * (g @ t[:, n:].transpose(1, 2) - g @ t[:, :n].transpose(1, 2))).mean(-1)[:, 0]
+            l_logit = torch.logit(s_local.clamp(1e-6, 1 - 1e-6))
+            parts["score_logit"] = (1 - o.gamma) * g_logit + o.gamma * l_logit
+            return torch.sigmoid(parts["score_logit"]), parts
+        return (1 - o.gamma) * s_global + o.gamma * s_local, parts  # Eq. 19
 
     # ---- losses (Eqs. 20-22) -------------------------------------------------------------------------------
     def loss(self, out: Output, batch: dict) -> dict[str, torch.Tensor]:

@@ -1,10 +1,13 @@
 """Analyses behind SSVP's Table 4 (semantic-visual alignment, Eqs. 23-24) and Figure 6 (t-SNE of prompts).
 
-TIR-FG (Eq. 23): mean over ground-truth anomaly pixels of the cosine between the patch feature (V_syn^local,
-averaged over the tapped layers, upsampled) and the abnormal prompt (mean of the three abnormal T_final).
-SCD (Eq. 24): || t_final - t_static ||_2 with t_static the embedding of a handcrafted prompt, "a photo of a normal
-<class>." or "a photo of a damaged <class>." (the paper leaves t_static undefined, SSVP.md §8.4), averaged over
-test images, separately for the normal and the abnormal prompt.
+TIR-FG (Eq. 23): mean over ground-truth anomaly pixels of the cosine between the patch feature v_u (V_syn^local,
+upsampled bilinearly to the mask) and the abnormal prompt t_abn (the normalised mean of the three abnormal T_final).
+The paper does not say which tapped layer v_u comes from: `tir_layers` = "mean" (the cosine averaged over the
+tapped layers, default), "last" (the deepest tapped layer) or an integer index into the tapped layers.
+SCD (Eq. 24): || t_final - t_static ||_2 per state (t_final = the normalised mean of the state's three T_final),
+averaged over test images, separately for the normal and the abnormal prompt. The paper leaves t_static undefined
+(SSVP.md §8.4): `t_static` = "handcrafted" (the embedding of "a photo of a normal <class>." / "a photo of a damaged
+<class>.", default) or "t_init" (the learned static prompts T_init before VCPG; zero for a model without VCPG).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import torch.nn.functional as F
 from ..data.loader import AnomalyDataset
 from ..data.registry import read_dataset
 from ..engine.infer import collate, to_device
+from ..errors import ConfigError
 from . import experiments
 
 
@@ -27,7 +31,43 @@ def _batches(det, cfg, samples, batch_size: int = 8):
             yield batch, det(batch)
 
 
-def alignment(profile: str, target: str, overrides: tuple[str, ...] = (), seed: int | None = None) -> dict[str, float]:
+TIR_LAYERS = ("mean", "last")  # or an int: one tapped layer
+T_STATIC = ("handcrafted", "t_init")
+
+
+def layer_cosines(cos_maps: torch.Tensor, layers: str | int = "mean") -> torch.Tensor:
+    """(B, L, h, w) per-layer cosines with t_abn -> (B, h, w) for Eq. 23's v_u (see `tir_layers`)."""
+    if layers == "mean":
+        return cos_maps.mean(1)
+    if layers == "last":
+        return cos_maps[:, -1]
+    if isinstance(layers, int) and not isinstance(layers, bool) and -cos_maps.shape[1] <= layers < cos_maps.shape[1]:
+        return cos_maps[:, layers]
+    raise ConfigError(f"tir_layers={layers!r}: choose {' or '.join(TIR_LAYERS)} or an index below {cos_maps.shape[1]}")
+
+
+def tir_fg_sums(cos_maps: torch.Tensor, masks: torch.Tensor, layers: str | int = "mean") -> tuple[float, int]:
+    """Eq. 23's numerator and |Omega_fg| for one batch: cosines upsampled to the masks' size, summed over mask > 0.5."""
+    cos = layer_cosines(cos_maps, layers)[:, None]
+    cos = F.interpolate(cos, size=tuple(masks.shape[-2:]), mode="bilinear", align_corners=True)[:, 0]
+    fg = masks > 0.5
+    return float(cos[fg].sum()), int(fg.sum())
+
+
+def state_prototypes(t: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 2n, D) prompt embeddings (normal first) -> the normalised mean per state, (B, D) each."""
+    return F.normalize(t[:, :n].mean(1), dim=-1), F.normalize(t[:, n:].mean(1), dim=-1)
+
+
+def scd(t_final: torch.Tensor, t_static: torch.Tensor) -> torch.Tensor:
+    """Eq. 24 per row: || t_final - t_static ||_2."""
+    return (t_final - t_static).norm(dim=-1)
+
+
+def alignment(profile: str, target: str, overrides: tuple[str, ...] = (), seed: int | None = None,
+              tir_layers: str | int = "mean", t_static: str = "handcrafted") -> dict[str, float]:
+    if t_static not in T_STATIC:
+        raise ConfigError(f"t_static={t_static!r}: choose {' or '.join(T_STATIC)}")
     cfg = experiments.run_config(profile, "ssvp", target, tuple(overrides), seed)
     det = experiments.detector(cfg)
     samples = read_dataset(target, experiments.dataset_root(profile, target))
@@ -35,19 +75,21 @@ def alignment(profile: str, target: str, overrides: tuple[str, ...] = (), seed: 
     fg_sum, fg_count, scd_n, scd_a = 0.0, 0, [], []
     static_cache: dict[str, torch.Tensor] = {}
     for batch, out in _batches(det, cfg, samples):
-        cos = F.interpolate(out.aux["abn_cos_map"][:, None], size=(cfg.image_size,) * 2, mode="bilinear", align_corners=True)[:, 0]
-        fg = batch["mask"] > 0.5
-        fg_sum += float(cos[fg].sum())
-        fg_count += int(fg.sum())
-        t = out.aux["t_final"]
-        t_n, t_a = F.normalize(t[:, :n].mean(1), dim=-1), F.normalize(t[:, n:].mean(1), dim=-1)
-        for name, tn, ta in zip(det.class_names(batch), t_n, t_a):
-            if name not in static_cache:
-                with torch.no_grad():
-                    static_cache[name] = F.normalize(det.clip.encode_text([f"a photo of a normal {name}.", f"a photo of a damaged {name}."]).float(), dim=-1)
-            static = static_cache[name].to(tn.device)
-            scd_n.append(float((tn - static[0]).norm()))
-            scd_a.append(float((ta - static[1]).norm()))
+        s, c = tir_fg_sums(out.aux["abn_cos_maps"], batch["mask"], tir_layers)
+        fg_sum, fg_count = fg_sum + s, fg_count + c
+        t_n, t_a = state_prototypes(out.aux["t_final"], n)
+        if t_static == "t_init":
+            s_n, s_a = state_prototypes(out.aux["t_init"], n)
+        else:
+            for name in det.class_names(batch):
+                if name not in static_cache:
+                    with torch.no_grad():
+                        texts = [f"a photo of a normal {name}.", f"a photo of a damaged {name}."]
+                        static_cache[name] = F.normalize(det.clip.encode_text(texts).float(), dim=-1)
+            static = torch.stack([static_cache[name] for name in det.class_names(batch)]).to(t_n.device)
+            s_n, s_a = static[:, 0], static[:, 1]
+        scd_n += scd(t_n, s_n).tolist()
+        scd_a += scd(t_a, s_a).tolist()
     return {"tir_fg": fg_sum / max(fg_count, 1), "scd_normal": float(np.mean(scd_n)), "scd_abnormal": float(np.mean(scd_a))}
 
 

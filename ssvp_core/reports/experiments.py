@@ -127,6 +127,19 @@ def run_config(profile: str, method: str, target: str, overrides: tuple[str, ...
     return load_config(profile, method, base + list(overrides))
 
 
+def shared_settings(profile: str, method: str, target: str, keys: tuple[str, ...], overrides: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """`key=value` overrides that copy `method`'s resolved values of `keys` (dotted config paths) onto another
+    method's run (e.g. the schedule SSVP's Table 3 rows share with the Bayes-PFL baseline)."""
+    resolved = run_config(profile, method, target, tuple(overrides)).to_dict()
+    out = []
+    for key in keys:
+        value = resolved
+        for part in key.split("."):
+            value = value[part]
+        out.append(f"{key}={json.dumps(list(value) if isinstance(value, tuple) else value)}")
+    return tuple(out)
+
+
 def detector(cfg: RunConfig, progress: bool = False):
     """A trained (or training-free) detector for the config; trained at most once per configuration."""
     key = cfg.fingerprint() + cfg.method
