@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..config import RunConfig
 from ..data.loader import AnomalyDataset
 from ..data.registry import read_dataset
-from ..errors import ConfigError, TrainingDiverged
+from ..errors import ConfigError, DataError, TrainingDiverged
 from ..methods import build_detector
 from . import checkpoint as ckpt
 from .infer import collate, to_device
@@ -116,6 +116,11 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
         raise ConfigError(f"method {cfg.method!r} is training-free; evaluate it directly (ssvp eval)")
     detector.to(device)
     samples = read_dataset(cfg.train.dataset, cfg.train.root, "test", cfg.train.classes or None)
+    unmasked = [s for s in samples if s.label == 1 and s.mask is None]
+    if unmasked:
+        raise DataError(f"training needs a mask for every anomalous image: {len(unmasked)} of {cfg.train.dataset} at "
+                        f"{cfg.train.root} have none (e.g. {unmasked[0].image}). Add a masks/ folder (one mask per "
+                        "abnormal image, same name) or train on a dataset with masks.")
     dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes())
     batch_size = cfg.train.batch_size
     if batch_size % info.world:
