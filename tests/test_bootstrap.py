@@ -144,3 +144,34 @@ def test_bootstrap_class_names_match_the_evaluation_metrics():
     out = bootstrap_class(maps.reshape(len(maps), -1).max(1), labels, maps, masks, resample_counts(labels, 3, 0, "n"))
     assert set(out) == {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max",
                         "pixel_aupro", "pixel_aupro_legacy"}
+
+
+def test_evaluation_cache_gains_resamples_once_and_keeps_them(synth_root, tmp_path, monkeypatch):
+    """A cached evaluation without resamples is redone once when a table asks for intervals; afterwards every caller
+    gets the stored one with them (no third evaluation)."""
+    import yaml
+
+    from ssvp_core.config import load_preset
+    from ssvp_core.engine import infer
+    from ssvp_core.reports import experiments, tables
+
+    preset = load_preset("smoke")
+    preset.pop("synthetic")
+    preset.update(profile="cache-test", out_dir=str(tmp_path / "runs"),
+                  datasets={"synth-a": str(synth_root / "synth-a"), "synth-b": str(synth_root / "synth-b")})
+    preset["eval"]["bootstrap"] = 50
+    path = tmp_path / "cache-test.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    calls = []
+    real = infer.evaluate
+    monkeypatch.setattr(infer, "evaluate", lambda *a, **k: calls.append(k.get("bootstrap")) or real(*a, **k))
+    plain = experiments.evaluation(str(path), "reference", "synth-b")
+    assert "bootstrap" not in plain.extra
+    with_ci = experiments.evaluation(str(path), "reference", "synth-b", bootstrap=True)
+    again = experiments.evaluation(str(path), "reference", "synth-b")
+    assert calls == [False, True]
+    assert again.extra["bootstrap"]["resamples"] == 50
+    lo, hi = tables.interval(again, "pixel_auroc").values()
+    assert lo <= 100 * with_ci.mean("pixel_auroc") <= hi
+    pd_equal = plain.metrics.value.to_numpy()
+    np.testing.assert_allclose(with_ci.metrics.value.to_numpy(), pd_equal)  # the point estimates do not move

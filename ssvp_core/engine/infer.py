@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,6 +142,7 @@ def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, 
         if not info.main:
             return EvalResult(pd.DataFrame(), pd.DataFrame())
     per_class, kept_maps, kept_masks, resampled, image_only = {}, {}, {}, {}, []
+    bootstrap_seconds = 0.0
     rows = []
     for cls in dict.fromkeys(s.cls for s in samples):
         buf = buffers[cls]
@@ -159,9 +161,11 @@ def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, 
         pixel_data = (maps, masks) if has_masks else (None, None)
         per_class[cls] = evaluate_class(scores, labels, *pixel_data, cfg.eval.fpr_limit, tuple(cfg.eval.aupro), cls=cls)
         if bootstrap and cfg.eval.bootstrap > 0:
+            started = time.perf_counter()
             weights = resample_counts(labels, cfg.eval.bootstrap, cfg.eval.bootstrap_seed, f"{dataset.name}/{cls}")
             resampled[cls] = bootstrap_class(scores, labels, *pixel_data, weights, cfg.eval.fpr_limit,
                                              tuple(cfg.eval.aupro), device=device)
+            bootstrap_seconds += time.perf_counter() - started
         for h in hooks or []:
             h.add(cls, [samples[i] for i in idxs], maps, masks, [buf.aux[i] for i in order] if buf.aux else [{}] * len(idxs))
         kept = [i for i, l in zip(range(len(idxs)), labels) if l == 1][:keep_maps]
@@ -178,7 +182,8 @@ def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, 
     extra = {type(h).__name__: h.result() for h in hooks or []}
     extra["image_only_classes"] = image_only
     if resampled:
-        extra["bootstrap"] = {"resamples": cfg.eval.bootstrap, "seed": cfg.eval.bootstrap_seed, "classes": resampled}
+        extra["bootstrap"] = {"resamples": cfg.eval.bootstrap, "seed": cfg.eval.bootstrap_seed, "classes": resampled,
+                              "seconds": bootstrap_seconds}
     return EvalResult(frame, sample_frame, kept_maps, kept_masks, extra)
 
 
