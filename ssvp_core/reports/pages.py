@@ -105,6 +105,8 @@ class Page:
             page._log_warning(f"{category.__name__}: {message} ({Path(filename).name}:{lineno})")
 
         warnings.showwarning = record
+        # tqdm.auto, imported by the hub libraries, looks for notebook widgets; progress bars are off here anyway
+        warnings.filterwarnings("ignore", message="IProgress not found")
 
         class _Handler(logging.Handler):
             def emit(self, rec):
@@ -239,7 +241,7 @@ def table1(profile="smoke", out_dir="reports/smoke/table1", datasets=None, metho
         page.note("SSVP against the best other method per dataset and metric: difference of class means with its "
                   "paired-bootstrap 95% CI (the same resampled images for both methods) and two-sided p-value "
                   "2·min(#{d≤0}+1, #{d≥0}+1)/(B+1).")
-        shown = test.assign(**{tables.CI: [tables._format_ci(lo, hi) for lo, hi in zip(test.diff_ci_low, test.diff_ci_high)],
+        shown = test.assign(**{tables.CI: [tables.format_ci(lo, hi) for lo, hi in zip(test.diff_ci_low, test.diff_ci_high)],
                                "p": test.p_value.map(format_p)})
         page.table("table1_test", "SSVP vs the best baseline (paired bootstrap)",
                    shown.set_index(["dataset", "metric"])[["value", "best_baseline", "baseline_value", "difference", tables.CI, "p"]],
@@ -271,7 +273,7 @@ def summary_fragment(frame: pd.DataFrame, test: pd.DataFrame | None = None,
                 value = format_number(r.reproduced)
                 if not math.isnan(r.reproduced) and r.reproduced == best[m]:
                     value = f"<b>★ {value}</b>"
-                ci = "" if math.isnan(r.get("ci_low", math.nan)) else f" <small>({r.ci_low:.2f}–{r.ci_high:.2f})</small>"
+                ci = "" if math.isnan(r.get("ci_low", math.nan)) else f" <small>{tables.format_ci(r.ci_low, r.ci_high)}</small>"
                 cells.append(f"<td>{value}{ci}</td><td>{format_number(r.paper)}</td>")
             rows.append(f"<tr><td>{_html.escape(method)}</td>{''.join(cells)}</tr>")
         title = f"{_html.escape(ds)}" + (f" (paper values: {_html.escape(tables._title(sub.paper_dataset.iloc[0]))}, "
@@ -282,11 +284,12 @@ def summary_fragment(frame: pd.DataFrame, test: pd.DataFrame | None = None,
             for _, t in test[test.dataset == ds].iterrows():
                 lines.append(f"{figures.METRIC_LABELS.get(t.metric, t.metric)}: SSVP {t.value:.2f} vs {_html.escape(t.best_baseline)} "
                              f"{t.baseline_value:.2f}, difference {t.difference:+.2f} "
-                             f"(95% CI {format_number(t.diff_ci_low)}–{format_number(t.diff_ci_high)}), "
+                             f"(95% CI {tables.format_ci(t.diff_ci_low, t.diff_ci_high)}), "
                              f"p {format_p(t.p_value) if format_p(t.p_value).startswith('<') else '= ' + format_p(t.p_value)}")
             if lines:
                 parts.append("<p>SSVP vs the best other method (paired bootstrap): " + "; ".join(lines) + ".</p>")
-    parts.append("<p><small>Class means in %, ★ = best reproduced value; in brackets the 95% bootstrap CI.</small></p>")
+    parts.append("<p><small>Class means in %, ★ = best reproduced value of the column; in brackets the 95% bootstrap "
+                 "CI.</small></p>")
     return "\n".join(parts)
 
 

@@ -232,7 +232,7 @@ def wide(frame: pd.DataFrame, index: list[str], metrics: list[str] | None = None
     if columns is None:
         columns = display_columns(frame)
     if CI in columns:
-        frame[CI] = [_format_ci(lo, hi) for lo, hi in zip(frame.ci_low, frame.ci_high)]
+        frame[CI] = [format_ci(lo, hi) for lo, hi in zip(frame.ci_low, frame.ci_high)]
     ref = paper_reference_label(frame)
     if ref and "paper" in columns:
         frame[ref] = frame["paper"]
@@ -269,7 +269,7 @@ def _title(dataset: str) -> str:
     return BENCHMARKS[dataset].title if dataset in BENCHMARKS else dataset
 
 
-def _format_ci(lo: float, hi: float) -> str:
+def format_ci(lo: float, hi: float) -> str:
     if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
         return "—"
-    return f"{lo:.2f}–{hi:.2f}"
+    return f"[{lo:.2f}, {hi:.2f}]"
