@@ -128,7 +128,7 @@ class ResampledRanking:
         zero = torch.zeros(B, **f64)
         carry_tp, carry_fp, carry_cov = zero.clone(), zero.clone(), zero.clone()  # at the previous run's end
         roc, ap_sum, f1_best, pro_area = zero.clone(), zero.clone(), zero.clone(), zero.clone()
-        for tp, fp_before, fp_end, cov in self._runs():
+        for tp, fp_before, fp_end, cov in self._runs(B):
             TP = torch.cat([carry_tp[None], torch.as_tensor(tp, **f64) @ W])  # (runs + 1, B)
             FE = torch.cat([carry_fp[None], torch.as_tensor(fp_end, **f64) @ W])
             FB = torch.as_tensor(fp_before, **f64) @ W
@@ -156,14 +156,15 @@ class ResampledRanking:
                     out["aupro_legacy"] = self._legacy_aupro(w, fpr_limit)
         return out
 
-    def _runs(self):
+    def _runs(self, resamples: int = 1):
         """Per chunk of positive runs, per image (runs, images): cumulative positives at each run's end, negatives
-        just before and at the end of each run, and region coverage at each run's end."""
+        just before and at the end of each run, and region coverage at each run's end. Chunks keep the (runs x
+        images) and (runs x resamples) blocks near _CHUNK_ELEMENTS elements."""
         runs = self.runs
         m, G = runs.end.size, self.n_groups
         if m == 0:
             return
-        step = max(1, _CHUNK_ELEMENTS // G)
+        step = max(1, _CHUNK_ELEMENTS // max(G, resamples))
         carry_pos, carry_neg, carry_cov = np.zeros(G), np.zeros(G), np.zeros(G)
         done = -1  # last sorted position already counted into the carries
         for k0 in range(0, m, step):

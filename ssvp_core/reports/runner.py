@@ -173,7 +173,7 @@ def reproduce(profile: str = "smoke", only: list[str] | None = None, jobs: int =
         ensure_profile_data(profile)
     size = shutil.get_terminal_size((100, 24))  # a terminal that reports 0 x 0 (some ptys) would hide the bar
     bar = tqdm(total=len(todo), desc=f"reproduce {profile}", unit="notebook", ncols=size.columns, nrows=size.lines,
-               bar_format="{desc}: {n}/{total} notebooks |{bar}| {elapsed} {postfix}", disable=not todo or None)
+               bar_format="{desc}: {n}/{total} notebooks |{bar}| {elapsed}{postfix}", disable=not todo or None)
     with bar, cf.ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = {pool.submit(run_one, name, profile, str(report_dir), str(notebooks_dir), overrides, threads, verbose): (name, key)
                    for name, key in todo}
