@@ -96,7 +96,7 @@ def test_rendered_notebook_is_clean_and_tables_show_two_decimals(table1_run):
     for noise in ("Warning", "Traceback", "IProgress", "NaN", "nan<"):
         assert noise not in text
     for name in ("table1_image", "table1_pixel"):
-        fragment = (out / f"{name}.html").read_text()
+        fragment = (out / f"{name}.table.html").read_text()
         numbers = [n for n in re.findall(r"<td>([^<]*)</td>", fragment)]
         assert numbers and not [n for n in numbers if LONG_DECIMAL.search(n)]
         assert "95% CI" in fragment and "paper, MVTec-AD (reference)" in fragment and "delta" not in fragment
@@ -104,6 +104,16 @@ def test_rendered_notebook_is_clean_and_tables_show_two_decimals(table1_run):
     assert (data.ci_low <= data.reproduced + 1e-9).all() and (data.reproduced <= data.ci_high + 1e-9).all()
     assert data.delta.isna().all() and (data.paper_dataset == "mvtec").all()  # synthetic vs MVTec: no delta
     assert (out / "table1_bars.png").is_file() and (out / "summary.html").is_file()
+
+
+def test_table_fragment_never_collides_with_the_exported_notebook(tmp_path, monkeypatch):
+    """Table 2's page has a table named table2; the runner exports the notebook as table2.html beside it."""
+    from ssvp_core.reports import experiments, pages
+
+    monkeypatch.setattr(experiments, "ensure_profile_data", lambda profile: None)
+    page = pages.Page("table2", "smoke", str(tmp_path), ())
+    page.table("table2", "t", pd.DataFrame({"x": [1.0]}))
+    assert page.manifest["tables"][0]["html"] == "table2.table.html" and not (tmp_path / "table2.html").exists()
 
 
 def test_number_formatting():

@@ -173,7 +173,8 @@ def comparison_bars(frame: pd.DataFrame, metrics: list[str], reference: str | No
     return fig
 
 
-def per_class_bars(frame: pd.DataFrame, metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc")) -> plt.Figure:
+def per_class_bars(frame: pd.DataFrame, metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc"),
+                   reference: str | None = None) -> plt.Figure:
     """Table 2 as bars: one panel per metric, classes along x, one bar per method with its 95% CI."""
     metrics = [m for m in metrics if m in set(frame.metric)]
     classes = list(dict.fromkeys(frame.cls))
@@ -191,7 +192,7 @@ def per_class_bars(frame: pd.DataFrame, metrics: tuple[str, ...] = ("image_auroc
                    error_kw={"lw": 0.6})
             if "paper" in sub and sub.paper.notna().any():
                 ax.scatter(x, sub.paper, marker="_", s=60, color="black", linewidths=1.5, zorder=3,
-                           label="paper" if k == 0 else None)
+                           label=("paper (reference)" if reference else "paper") if k == 0 else None)
         ax.set_xticks(np.arange(len(classes)))
         ax.set_xticklabels(classes, rotation=30, ha="right", fontsize=7)
         ax.set_ylim(0, 105)

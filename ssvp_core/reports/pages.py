@@ -139,8 +139,9 @@ class Page:
         io.write_text(self.out / f"{name}.md", f"### {title}\n\n"
                       + _flat(shown).to_markdown(floatfmt=".2f").replace(" nan ", f" {MISSING} ") + "\n")
         html = table_html(shown)
-        io.write_text(self.out / f"{name}.html", html)
-        self.manifest["tables"].append({"name": name, "title": title, "html": f"{name}.html", "csv": f"{name}.csv"})
+        # `<table>.table.html`: a table may share its page's name, whose `<page>.html` is the exported notebook
+        io.write_text(self.out / f"{name}.table.html", html)
+        self.manifest["tables"].append({"name": name, "title": title, "html": f"{name}.table.html", "csv": f"{name}.csv"})
         self._write_manifest()
         _display(HTML(f"<h4>{_html.escape(title)}</h4>{html}"))
         return shown
@@ -303,7 +304,8 @@ def table2(profile="smoke", out_dir="reports/smoke/table2", dataset=None, method
         page.note(reference)
     page.table("table2", "Table 2: class-wise image-level (IL) and pixel-level (PL) AUROC",
                tables.wide(frame, ["cls", "method"], ["image_auroc", "pixel_auroc"]), frame)
-    page.figure("table2_bars", "Table 2: per-class AUROC", figures.per_class_bars(frame[frame.cls != "mean"]))
+    page.figure("table2_bars", "Table 2: per-class AUROC", figures.per_class_bars(
+        frame[frame.cls != "mean"], reference=tables.paper_reference_label(frame)))
     return frame
 
 

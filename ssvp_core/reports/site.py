@@ -18,7 +18,7 @@ TITLES = {
 CSS = """body{font-family:sans-serif;margin:24px;max-width:1400px}
 .banner{background:#fff3cd;border:1px solid #e0b000;padding:10px;font-weight:bold}
 .failed{color:#b00020}.ok{color:#1b5e20}.missing{color:#777}
-table{border-collapse:collapse}td,th{padding:2px 6px}img{max-width:100%;border:1px solid #ddd}
+table{border-collapse:collapse}td,th{padding:2px 6px}td{white-space:nowrap}img{max-width:100%;border:1px solid #ddd}
 section{margin-top:28px;border-top:1px solid #ccc}"""
 
 
