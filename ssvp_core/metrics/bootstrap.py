@@ -3,14 +3,15 @@
 The estimator (what the reports print as "95% CI" and "p"):
 
 * Unit and strata: test images, stratified by class and, inside a class, by label. Resample b draws, for every class,
-  n0 of its n0 normal images and n1 of its n1 anomalous images uniformly with replacement. The draw is a numpy
-  `Generator` seeded by (seed, b-independent key crc32("<dataset>/<class>")), so every method evaluated on the same
-  dataset gets the *same* resamples: differences between methods are paired.
+  n0 of its n0 normal images and n1 of its n1 anomalous images uniformly with replacement. The draws come from a
+  numpy `Generator` seeded by (seed, crc32("<dataset>/<class>")), so every method evaluated on the same dataset gets
+  the *same* resamples: differences between methods are paired.
 * A resample is the class's test set with image i repeated c_i times (c_i = how often it was drawn). Its image
   metrics are the ranking metrics of those scores; its pixel metrics are those of all pixels of the repeated images
   (pixel metrics resample whole images, never single pixels; a repeated image repeats its defect regions for PRO).
 * Per resample the metric is computed per class, then averaged over the classes where it is defined, exactly as the
-  point estimate is (metrics/evaluate.py) -> B resampled dataset means.
+  point estimate is (metrics/evaluate.py) -> B resampled dataset means. Resampling happens after a detector's
+  per-class rescoring (the scores the metrics see).
 * 95% CI: the percentile interval, the 2.5% and 97.5% quantiles of the B means (numpy's default linear
   interpolation; resamples where the metric is undefined in every class are left out).
 * Paired test "A vs B": d_b = mean_A,b - mean_B,b over the common resamples; two-sided p =

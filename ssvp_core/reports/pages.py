@@ -93,12 +93,19 @@ class Page:
         io.write_json(self.out / "manifest.json", self.manifest)
 
     def _capture_warnings(self) -> None:
-        """Warnings and WARNING+ log records of this kernel go to warnings.log (counted in the manifest), and
-        progress bars are off: the notebook output shows the tables and figures only."""
-        os.environ["TQDM_DISABLE"] = "1"
+        """In a notebook kernel, warnings and WARNING+ log records go to warnings.log (counted in the manifest) and
+        progress bars are off: the notebook output shows the tables and figures only. Elsewhere (a script, the
+        tests) nothing is redirected."""
         self.warnings_log = self.out / "warnings.log"
         self.warnings_log.write_text("")
         self.manifest["warnings"] = 0
+        try:
+            from IPython import get_ipython
+        except ImportError:  # pragma: no cover - IPython comes with the notebook stack
+            return
+        if get_ipython() is None:
+            return
+        os.environ["TQDM_DISABLE"] = "1"
         page = self
 
         def record(message, category, filename, lineno, file=None, line=None):
