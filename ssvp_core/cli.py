@@ -31,7 +31,8 @@ def _add_data(sub) -> None:
     p.set_defaults(func=cmd_data_synth)
 
     p = dsub.add_parser("verify", help="list every problem of a dataset on disk (exit 1 if any)")
-    p.add_argument("name", help="benchmark name: mvtec, visa, btad, mpdd, dtd, ksdd2, rsdd, dagm, meta, synth-a, synth-b")
+    p.add_argument("name", help="benchmark name: mvtec, visa, btad, mpdd, dtd, ksdd2, rsdd, dagm, meta, synth-a, synth-b, "
+                                "folder (your own images: normal/, abnormal/, optional masks/), or any name for a folder")
     p.add_argument("root")
     p.add_argument("--split", action="append", choices=["train", "test"], help="split(s) to check (default: test)")
     p.set_defaults(func=cmd_data_verify)
@@ -88,6 +89,10 @@ def cmd_data_summary(args) -> int:
     print(f"{'class':<24}{'images':>8}{'anomalous':>11}{'masks':>7}")
     for cls, r in rows.items():
         print(f"{cls:<24}{r['images']:>8}{r['anomalous']:>11}{r['masks']:>7}")
+    unmasked = [cls for cls, r in rows.items() if r["anomalous"] > r["masks"]]
+    if unmasked:
+        print(f"\nno masks for the anomalous images of {', '.join(unmasked)}: `ssvp eval` reports image metrics only "
+              "there, and `ssvp train` cannot use them")
     return 0
 
 
@@ -173,7 +178,7 @@ def cmd_eval(args) -> int:
             detector, cfg = load_trained(path, overrides=cfg)
         else:
             detector = build_detector(cfg)
-    frames, multitype = [], []
+    frames, multitype, results = [], [], []
     for ds in cfg.eval.datasets:
         hooks = []
         if args.multitype:
@@ -182,8 +187,9 @@ def cmd_eval(args) -> int:
             from .engine.multitype import multitype_hook
 
             hooks = [multitype_hook(detector, ds.name)]
-        result = evaluate(detector, ds, cfg, progress=not args.quiet, hooks=hooks)
+        result = evaluate(detector, ds, cfg, progress=not args.quiet, hooks=hooks, bootstrap=args.ci)
         frames.append(result.metrics)
+        results.append((ds.name, result))
         if hooks:
             multitype.append((ds.name, result.extra["MultiTypeEvaluation"]))
     from .engine.runtime import dist_info
@@ -195,6 +201,15 @@ def cmd_eval(args) -> int:
         io.write_text(Path(args.out), table.to_csv(index=False))
     w = wide(table)
     print(w.to_markdown(index=False, floatfmt=".4f"))
+    for name, result in results:
+        image_only = result.extra.get("image_only_classes") or []
+        if image_only:
+            print(f"\n{name}: no masks for the anomalous images of {', '.join(image_only)}; image metrics only there "
+                  "(pixel metrics need masks: add a masks/ folder)")
+        if "bootstrap" in result.extra:
+            print(f"\n{name}: 95% confidence intervals of the class means (percentile bootstrap over images, "
+                  f"{result.extra['bootstrap']['resamples']} resamples, stratified by class and label):")
+            print(_interval_table(result).to_markdown(index=False, floatfmt=".4f"))
     for name, mt in multitype:
         print(f"\nmulti-type segmentation on {name} (per object; macro OvR AUROC / AP, argmax F1):")
         print(mt["objects"].to_markdown(index=False, floatfmt=".4f"))
@@ -205,15 +220,47 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _interval_table(result):
+    import pandas as pd
+
+    from .metrics.bootstrap import dataset_resamples, percentile_interval
+
+    classes = result.extra["bootstrap"]["classes"]
+    metrics = list(dict.fromkeys(result.metrics.metric))
+    rows = []
+    for metric in metrics:
+        values = dataset_resamples(classes, metric)
+        if values is None:
+            continue
+        lo, hi = percentile_interval(values)
+        mean = result.metrics[(result.metrics.cls == "mean") & (result.metrics.metric == metric)].value
+        rows.append({"metric": metric, "value": float(mean.iloc[0]) if len(mean) else float("nan"), "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows)
+
+
 def cmd_predict(args) -> int:
     from .engine.predict import predict_folder
     from .engine.runtime import dist_info
     from .engine.train import load_trained
 
     if not dist_info().main:
-        return 0  # not sharded: under torchrun rank 0 alone writes the overlays and scores.csv
-    detector, cfg = load_trained(args.checkpoint, device=args.device)
-    print(predict_folder(detector, cfg, args.images, args.out, class_name=args.class_name))
+        return 0  # not sharded: under torchrun rank 0 alone writes the predictions and the gallery
+    if args.checkpoint:
+        detector, cfg = load_trained(args.checkpoint, device=args.device)
+    else:
+        from .config import load_config
+        from .engine.runtime import resolve_device
+        from .methods import build_detector, method_spec
+
+        if not args.method:
+            raise SSVPError("pass --checkpoint FILE (a trained method) or --method NAME (a training-free one)")
+        if method_spec(args.method).trainable:
+            raise SSVPError(f"{args.method} is trained: pass its --checkpoint (from `ssvp train`)")
+        cfg = load_config(args.profile, args.method, list(args.set or []) + [f"device={args.device}"])
+        detector = build_detector(cfg).to(resolve_device(cfg.device))
+    gallery = predict_folder(detector, cfg, args.images, args.out, class_name=args.class_name,
+                             normal_dir=args.normal_dir, quantile=args.quantile, pixel_quantile=args.pixel_quantile)
+    print(gallery)
     return 0
 
 
@@ -232,7 +279,7 @@ def cmd_reproduce(args) -> int:
                     "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
             os.environ.pop(key, None)
     index = reproduce(args.profile, only=args.only, jobs=args.jobs, overrides=args.set, force=args.force,
-                      reports_dir=args.reports)
+                      reports_dir=args.reports, verbose=args.verbose)
     import json
 
     status = json.loads((index.parent / "status.json").read_text())
@@ -264,11 +311,23 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--checkpoint", help="checkpoint to evaluate (default: the run folder of the config)")
             p.add_argument("--out", help="write the long-format metrics CSV here")
             p.add_argument("--multitype", action="store_true", help="also the per-object multi-type segmentation metrics (dapo)")
+            p.add_argument("--ci", action="store_true", help="also 95%% bootstrap confidence intervals of the class means "
+                                                             "(eval.bootstrap resamples over images)")
         p.set_defaults(func=func)
-    p = sub.add_parser("predict", help="heat-map overlays and image scores for a folder of your own images")
-    p.add_argument("images")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("predict", help="scores, heat maps and (calibrated on normal images) labels and masks for a "
+                                       "folder of your own images, with an HTML gallery")
+    p.add_argument("images", help="folder of images to check")
+    p.add_argument("--checkpoint", help="trained checkpoint (ssvp train)")
+    p.add_argument("--method", help="a training-free method instead of a checkpoint (winclip, reference)")
+    p.add_argument("--profile", default="smoke", help="preset for --method (smoke | paper | YAML)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for --method")
+    p.add_argument("--out", required=True, help="output folder (index.html, predictions.csv, heatmaps/, masks/)")
+    p.add_argument("--normal-dir", help="folder of normal images only, to calibrate the thresholds on")
+    p.add_argument("--quantile", type=float, default=0.99,
+                   help="image threshold = this quantile of the normal images' scores ('higher' method; default 0.99); "
+                        "an image is anomalous when its score is above it")
+    p.add_argument("--pixel-quantile", type=float, default=None,
+                   help="pixel threshold = this quantile of the normal images' per-image map maxima (default: --quantile)")
     p.add_argument("--class-name", default="object", help="product name used in the text prompts")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
@@ -281,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override applied to every experiment")
     p.add_argument("--force", action="store_true", help="re-run notebooks even when nothing changed")
     p.add_argument("--reports", default="reports", help="reports root (default: reports)")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show the kernels' own output (otherwise kept in each notebook's kernel.log)")
     p.set_defaults(func=cmd_reproduce)
     return parser
 

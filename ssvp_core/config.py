@@ -102,6 +102,9 @@ class EvalConfig:
     num_workers: int = 0
     seed: int = 333
     store_maps: bool = False
+    # confidence intervals (metrics/bootstrap.py), computed when a caller asks for them: resamples and their seed
+    bootstrap: int = 1000
+    bootstrap_seed: int = 0
 
 
 @dataclass

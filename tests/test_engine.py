@@ -125,9 +125,9 @@ def test_cli_train_eval_predict(synth_root, tmp_path, capsys):
     for p in list((synth_root / "synth-b" / "capsule" / "test").rglob("*.png"))[:3]:
         shutil.copy(p, images / f"{p.parent.name}_{p.name}")
     assert main(["predict", str(images), "--checkpoint", str(path), "--out", str(tmp_path / "pred")]) == 0
-    scores = pd.read_csv(tmp_path / "pred" / "scores.csv")
-    assert len(scores) == 3 and scores.score.between(0, 1).all()
-    assert len(list((tmp_path / "pred" / "overlays").glob("*.png"))) == 3
+    scores = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    assert len(scores) == 3 and scores.score.between(0, 1).all() and "label" not in scores  # no normals: no threshold
+    assert len(list((tmp_path / "pred" / "heatmaps").glob("*.png"))) == 3
     assert main(["predict", str(tmp_path / "empty-dir"), "--checkpoint", str(path), "--out", str(tmp_path / "p2")]) == 2
 
 

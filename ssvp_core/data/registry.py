@@ -6,6 +6,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+from .folder import is_folder_layout, scan_folder
 from .meta import scan_meta
 from .mvtec import scan_mvtec_layout, strip_number_prefix
 from .realiad import scan_realiad
@@ -38,6 +39,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("mad-real", "MAD-Real (PAD, 10 LEGO animals, real)", scan_mvtec_layout, "https://github.com/EricLee0224/PAD"),
     Benchmark("real-iad", "Real-IAD (30 objects)", scan_realiad, "https://realiad4ad.github.io/Real-IAD/ (realiad_1024 + realiad_jsons)"),
     Benchmark("meta", "any dataset with an AnomalyCLIP-style meta.json", scan_meta, "meta.json at the root"),
+    Benchmark("folder", "your own images: normal/, abnormal/, optional masks/ (data/folder.py)", scan_folder,
+              "your images, sorted by hand"),
     Benchmark("synth-a", "synthetic benchmark, class set A", scan_mvtec_layout, "`ssvp data synth`"),
     Benchmark("synth-b", "synthetic benchmark, class set B", scan_mvtec_layout, "`ssvp data synth`"),
 ]}
@@ -46,13 +49,15 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
 def benchmark(name: str) -> Benchmark:
     key = name.lower()
     if key not in BENCHMARKS:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(BENCHMARKS)}")
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(BENCHMARKS)}. Your own images: sort them into "
+                        "ROOT/normal/, ROOT/abnormal/ (and optionally ROOT/masks/) and use `folder` or any name")
     return BENCHMARKS[key]
 
 
 def scan_dataset(name: str, root: str | Path, split: str = "test") -> ScanResult:
     """Scan a benchmark by name; an unknown name is read through its root's meta.json when there is one
-    (so any dataset indexed the AnomalyCLIP way, e.g. the medical sets, works under its own name)."""
+    (so any dataset indexed the AnomalyCLIP way, e.g. the medical sets, works under its own name), or as a `folder`
+    dataset when the root has that layout (so your own data can go by its own name: `--eval-on screws=data/screws`)."""
     root = Path(root)
     known = name.lower() in BENCHMARKS
     if not root.exists():
@@ -60,6 +65,8 @@ def scan_dataset(name: str, root: str | Path, split: str = "test") -> ScanResult
         raise DataError(f"dataset root {root} does not exist. Download {title} there (data/README.md) or pass the right path.")
     if not known and (root / "meta.json").is_file():
         return scan_meta(root, split=split, dataset=name.lower())
+    if not known and is_folder_layout(root):
+        return scan_folder(root, split=split, dataset=name.lower())
     return benchmark(name).scan(root, split=split, dataset=name.lower())
 
 

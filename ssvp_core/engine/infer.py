@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ..data.loader import AnomalyDataset
 from ..data.records import Sample
 from ..data.registry import read_dataset
 from ..metrics import evaluate_class, results_frame
+from ..metrics.bootstrap import bootstrap_class, resample_counts
 from .runtime import DistInfo, barrier, dist_info, init_distributed, resolve_device, seed_everything
 
 
@@ -94,12 +96,15 @@ class _ClassBuffer:
 
 
 def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, progress: bool = True,
-             device: torch.device | None = None, hooks: list | None = None) -> EvalResult:
+             device: torch.device | None = None, hooks: list | None = None, bootstrap: bool = False) -> EvalResult:
     """Score every test image of `dataset` and compute the per-class metrics table.
 
     keep_maps: keep the smoothed maps (and masks) of the first `keep_maps` anomalous and one normal image per
     class, for figures. hooks: objects with `add(cls, samples, maps, masks, outputs)` and `result() -> dict`,
-    called per class (multi-type evaluation uses this).
+    called per class (multi-type evaluation uses this). bootstrap: also the `cfg.eval.bootstrap` resampled values
+    of every metric per class (extra["bootstrap"], metrics/bootstrap.py), for confidence intervals and paired tests.
+    A class whose anomalous images have no masks (a `folder` dataset without masks/) gets image metrics only; its
+    name is listed in extra["image_only_classes"].
     """
     info = dist_info()
     device = device or resolve_device(cfg.device, info.local_rank)
@@ -136,7 +141,8 @@ def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, 
         buffers = _merge_shards(buffers, info)
         if not info.main:
             return EvalResult(pd.DataFrame(), pd.DataFrame())
-    per_class, kept_maps, kept_masks = {}, {}, {}
+    per_class, kept_maps, kept_masks, resampled, image_only = {}, {}, {}, {}, []
+    bootstrap_seconds = 0.0
     rows = []
     for cls in dict.fromkeys(s.cls for s in samples):
         buf = buffers[cls]
@@ -149,7 +155,17 @@ def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, 
         labels = np.array([buf.labels[i] for i in order])
         maps = np.stack([buf.maps[i] for i in order])
         masks = np.stack([buf.masks[i] for i in order])
-        per_class[cls] = evaluate_class(scores, labels, maps, masks, cfg.eval.fpr_limit, tuple(cfg.eval.aupro), cls=cls)
+        has_masks = all(samples[i].mask is not None for i, label in zip(idxs, labels) if label == 1)
+        if not has_masks:
+            image_only.append(cls)
+        pixel_data = (maps, masks) if has_masks else (None, None)
+        per_class[cls] = evaluate_class(scores, labels, *pixel_data, cfg.eval.fpr_limit, tuple(cfg.eval.aupro), cls=cls)
+        if bootstrap and cfg.eval.bootstrap > 0:
+            started = time.perf_counter()
+            weights = resample_counts(labels, cfg.eval.bootstrap, cfg.eval.bootstrap_seed, f"{dataset.name}/{cls}")
+            resampled[cls] = bootstrap_class(scores, labels, *pixel_data, weights, cfg.eval.fpr_limit,
+                                             tuple(cfg.eval.aupro), device=device)
+            bootstrap_seconds += time.perf_counter() - started
         for h in hooks or []:
             h.add(cls, [samples[i] for i in idxs], maps, masks, [buf.aux[i] for i in order] if buf.aux else [{}] * len(idxs))
         kept = [i for i, l in zip(range(len(idxs)), labels) if l == 1][:keep_maps]
@@ -164,6 +180,10 @@ def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, 
     frame = results_frame(per_class, dataset.name, detector.name)
     sample_frame = pd.DataFrame(rows, columns=["dataset", "cls", "path", "label", "defect", "score", "index"])
     extra = {type(h).__name__: h.result() for h in hooks or []}
+    extra["image_only_classes"] = image_only
+    if resampled:
+        extra["bootstrap"] = {"resamples": cfg.eval.bootstrap, "seed": cfg.eval.bootstrap_seed, "classes": resampled,
+                              "seconds": bootstrap_seconds}
     return EvalResult(frame, sample_frame, kept_maps, kept_masks, extra)
 
 

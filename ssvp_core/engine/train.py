@@ -26,7 +26,7 @@ from ..config import RunConfig
 from ..data.loader import AnomalyDataset
 from ..data.mosaic import MosaicDataset
 from ..data.registry import read_dataset
-from ..errors import ConfigError, TrainingDiverged
+from ..errors import ConfigError, DataError, TrainingDiverged
 from ..methods import build_detector
 from . import checkpoint as ckpt
 from .infer import collate, to_device
@@ -122,6 +122,11 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
     samples = read_dataset(cfg.train.dataset, cfg.train.root, "test", cfg.train.classes or None)
     for ref in cfg.train.extra:
         samples += read_dataset(ref.name, ref.root, "test", ref.classes or None)
+    unmasked = [s for s in samples if s.label == 1 and s.mask is None]
+    if unmasked:
+        raise DataError(f"training needs a mask for every anomalous image: {len(unmasked)} training images have none "
+                        f"(e.g. {unmasked[0].image} of {unmasked[0].dataset or cfg.train.dataset}). Add a masks/ folder "
+                        "(one mask per abnormal image, same name) or train on a dataset with masks.")
     dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes())
     if cfg.train.mosaic > 0:
         dataset = MosaicDataset(dataset, cfg.train.mosaic, cfg.train.seed)

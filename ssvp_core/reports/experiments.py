@@ -169,30 +169,44 @@ class Evaluation:
 def _eval_path(cfg: RunConfig, target: str, multitype: bool) -> Path:
     from ..engine.train import run_dir
 
-    settings = json.dumps({"eval": cfg.to_dict()["eval"], "image_size": cfg.image_size, "multitype": multitype}, sort_keys=True)
+    # the bootstrap settings are left out: an evaluation that holds resamples also serves callers that need none
+    settings = {k: v for k, v in cfg.to_dict()["eval"].items() if k not in ("bootstrap", "bootstrap_seed")}
+    settings = json.dumps({"eval": settings, "image_size": cfg.image_size, "multitype": multitype}, sort_keys=True)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
     return run_dir(cfg) / "eval" / f"{target}-{digest}.pkl"
 
 
+def _has_bootstrap(ev: Evaluation, cfg: RunConfig) -> bool:
+    boot = ev.extra.get("bootstrap") or {}
+    return boot.get("resamples") == cfg.eval.bootstrap and boot.get("seed") == cfg.eval.bootstrap_seed
+
+
 def evaluation(profile: str, method: str, target: str, overrides: tuple[str, ...] = (), seed: int | None = None,
-               multitype: bool = False, progress: bool = False) -> Evaluation:
-    """Per-class metrics of `method` on `target` (trained on the protocol's source), cached on disk."""
+               multitype: bool = False, progress: bool = False, bootstrap: bool = False) -> Evaluation:
+    """Per-class metrics of `method` on `target` (trained on the protocol's source), cached on disk.
+    bootstrap: the result also holds the per-class resampled metrics (extra["bootstrap"]) for confidence intervals;
+    a cached evaluation without them is redone once with them."""
     from ..engine.infer import evaluate
 
     cfg = run_config(profile, method, target, tuple(overrides), seed)
     path = _eval_path(cfg, target, multitype)
     if path.is_file():
         with path.open("rb") as f:
-            return pickle.load(f)
+            cached = pickle.load(f)
+        if not bootstrap or _has_bootstrap(cached, cfg):
+            return cached
     det = detector(cfg, progress)
     hooks = []
     if multitype:
         from ..engine.multitype import multitype_hook
 
         hooks = [multitype_hook(det, target)]
-    result = evaluate(det, cfg.eval.datasets[0], cfg, progress=progress, hooks=hooks)
+    result = evaluate(det, cfg.eval.datasets[0], cfg, progress=progress, hooks=hooks, bootstrap=bootstrap)
     extra = {"multitype": result.extra.get("MultiTypeEvaluation")} if multitype else {}
+    extra.update({k: result.extra[k] for k in ("bootstrap", "image_only_classes") if k in result.extra})
     out = Evaluation(result.metrics, result.samples, extra)
+    if not bootstrap and path.is_file():  # another process stored it meanwhile, perhaps with resamples: keep that
+        return out
     with io.atomic_path(path) as tmp:
         with tmp.open("wb") as f:
             pickle.dump(out, f)

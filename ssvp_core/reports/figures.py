@@ -122,4 +122,83 @@ def close(fig: plt.Figure) -> None:
     plt.close(fig)
 
 
-__all__ = ["qualitative_grid", "baseline_vs_ssvp", "tsne_panels", "sensitivity_plot", "heat_overlay", "matplotlib"]
+__all__ = ["qualitative_grid", "baseline_vs_ssvp", "tsne_panels", "sensitivity_plot", "heat_overlay", "comparison_bars",
+           "per_class_bars", "matplotlib"]
+
+
+METRIC_LABELS = {"image_auroc": "I-AUROC", "image_f1_max": "I-F1max", "image_ap": "I-AP", "pixel_auroc": "P-AUROC",
+                 "pixel_aupro_legacy": "PRO", "pixel_ap": "P-AP", "pixel_aupro": "AUPRO (exact)",
+                 "pixel_f1_max": "P-F1max"}
+
+
+def _error(frame: pd.DataFrame) -> np.ndarray | None:
+    """(2, n) distances from each value to its CI bounds, for matplotlib's yerr (None without intervals)."""
+    if "ci_low" not in frame or not frame.ci_low.notna().any():
+        return None
+    low = (frame.reproduced - frame.ci_low).clip(lower=0).fillna(0).to_numpy()
+    high = (frame.ci_high - frame.reproduced).clip(lower=0).fillna(0).to_numpy()
+    return np.vstack([low, high])
+
+
+def comparison_bars(frame: pd.DataFrame, metrics: list[str], reference: str | None = None) -> plt.Figure:
+    """Table 1 as bars: per dataset (row) and metric (column), reproduced value per method with its 95% CI as an
+    error bar, and the paper's value as a black tick (labelled a reference when it belongs to another dataset)."""
+    datasets = list(dict.fromkeys(frame.dataset))
+    metrics = [m for m in metrics if m in set(frame.metric)]
+    panels = [(ds, metric) for ds in datasets for metric in metrics]
+    ncols = len(metrics) if len(datasets) > 1 else min(3, len(metrics))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.8 * ncols, 2.7 * nrows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for (ds, metric), ax in zip(panels, axes.flat):
+        sub = frame[(frame.dataset == ds) & (frame.metric == metric)].reset_index(drop=True)
+        x = np.arange(len(sub))
+        colors = sns.color_palette("tab10", len(sub))
+        ax.bar(x, sub.reproduced.fillna(0), color=colors, yerr=_error(sub), capsize=2, error_kw={"lw": 0.8})
+        if "paper" in sub and sub.paper.notna().any():
+            ax.scatter(x, sub.paper, marker="_", s=220, color="black", linewidths=2, zorder=3,
+                       label="paper" + (" (reference)" if reference else ""))
+        ax.set_xticks(x)
+        ax.set_xticklabels(sub.method, rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(0, 105)
+        ax.set_title(f"{ds}: {METRIC_LABELS.get(metric, metric)}", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles[:1], labels[:1], loc="upper right", fontsize=7)
+    fig.suptitle("Reproduced (bars, 95% bootstrap CI) vs paper (black ticks)" + (f"; {reference}" if reference else ""),
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_bars(frame: pd.DataFrame, metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc"),
+                   reference: str | None = None) -> plt.Figure:
+    """Table 2 as bars: one panel per metric, classes along x, one bar per method with its 95% CI."""
+    metrics = [m for m in metrics if m in set(frame.metric)]
+    classes = list(dict.fromkeys(frame.cls))
+    methods = list(dict.fromkeys(frame.method))
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.0, 0.9 * len(classes) * max(1, len(methods)) / 3), 2.8 * len(metrics)),
+                             squeeze=False)
+    width = 0.8 / max(1, len(methods))
+    colors = sns.color_palette("tab10", len(methods))
+    for i, metric in enumerate(metrics):
+        ax = axes[i, 0]
+        for k, method in enumerate(methods):
+            sub = frame[(frame.metric == metric) & (frame.method == method)].set_index("cls").reindex(classes).reset_index()
+            x = np.arange(len(classes)) + (k - (len(methods) - 1) / 2) * width
+            ax.bar(x, sub.reproduced.fillna(0), width, color=colors[k], label=method, yerr=_error(sub), capsize=1.5,
+                   error_kw={"lw": 0.6})
+            if "paper" in sub and sub.paper.notna().any():
+                ax.scatter(x, sub.paper, marker="_", s=60, color="black", linewidths=1.5, zorder=3,
+                           label=("paper (reference)" if reference else "paper") if k == 0 else None)
+        ax.set_xticks(np.arange(len(classes)))
+        ax.set_xticklabels(classes, rotation=30, ha="right", fontsize=7)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric), fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, ncol=min(len(labels), 7), loc="upper center", bbox_to_anchor=(0.5, 0.965))
+    fig.suptitle("Per class: reproduced (bars) with 95% bootstrap CI (error bars)", fontsize=9, y=0.995)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return fig

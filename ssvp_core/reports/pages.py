@@ -1,12 +1,20 @@
 """One function per notebook: each computes its tables / figures through `experiments`, `tables`, `figures`,
 saves them under `out_dir` (CSV + Markdown + HTML fragment per table, PNG per figure, and a manifest.json the
 report site reads) and displays them. The notebooks only call these, with their papermill parameters.
+
+What a reader sees is kept clean: every number is shown with 2 decimals (NaN as "—"; the CSVs keep full
+precision), warnings and log records raised while a page is computed go to `<out_dir>/warnings.log` (the page
+says how many) instead of red boxes in the notebook, and where the paper's numbers belong to another dataset
+(smoke) they are a labelled reference column without a delta.
 """
 from __future__ import annotations
 
+import html as _html
 import json
+import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +24,35 @@ from . import SMOKE_BANNER
 from . import experiments, figures, tables
 
 STYLE = "border-collapse:collapse;font-size:12px"
+MISSING = "—"
+
+
+def format_number(value) -> str:
+    """2 decimals; NaN/None as an em dash; integers and text unchanged."""
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        return MISSING if math.isnan(value) else f"{value:.2f}"
+    return str(value)
+
+
+def format_p(p: float) -> str:
+    """A p-value with 2 decimals, and "< 0.01" below that (the smallest a bootstrap of B resamples gives is 2/(B+1))."""
+    if p is None or math.isnan(p):
+        return MISSING
+    return "< 0.01" if p < 0.01 else f"{p:.2f}"
+
+
+def table_html(frame: pd.DataFrame) -> str:
+    """The HTML table of a page: 2-decimal numbers, em dash for missing values."""
+    shown = frame.copy()
+    for col in shown.columns:
+        if pd.api.types.is_float_dtype(shown[col]):
+            shown[col] = shown[col].map(format_number)
+        elif shown[col].dtype == object:
+            shown[col] = shown[col].map(lambda v: format_number(v) if isinstance(v, float) or v is None else v)
+    html = shown.to_html(border=1, na_rep=MISSING, escape=True)
+    return html.replace('<table border="1"', f'<table border="1" style="{STYLE}"')
 
 
 def _display(obj) -> None:
@@ -40,6 +77,7 @@ class Page:
         self.out.mkdir(parents=True, exist_ok=True)
         self.overrides = tuple(overrides or ()) + ((f"device={device}",) if device and device != "auto" else ())
         self.manifest = {"name": name, "profile": profile, "tables": [], "figures": [], "notes": []}
+        self._capture_warnings()
         threads = os.environ.get("SSVP_THREADS")
         if threads:
             import torch
@@ -56,6 +94,44 @@ class Page:
     def _write_manifest(self) -> None:
         io.write_json(self.out / "manifest.json", self.manifest)
 
+    def _capture_warnings(self) -> None:
+        """In a notebook kernel, warnings and WARNING+ log records go to warnings.log (counted in the manifest) and
+        progress bars are off: the notebook output shows the tables and figures only. Elsewhere (a script, the
+        tests) nothing is redirected."""
+        self.warnings_log = self.out / "warnings.log"
+        self.warnings_log.write_text("")
+        self.manifest["warnings"] = 0
+        try:
+            from IPython import get_ipython
+        except ImportError:  # pragma: no cover - IPython comes with the notebook stack
+            return
+        if get_ipython() is None:
+            return
+        os.environ["TQDM_DISABLE"] = "1"
+        page = self
+
+        def record(message, category, filename, lineno, file=None, line=None):
+            page._log_warning(f"{category.__name__}: {message} ({Path(filename).name}:{lineno})")
+
+        warnings.showwarning = record
+        # tqdm.auto, imported by the hub libraries, looks for notebook widgets; progress bars are off here anyway
+        warnings.filterwarnings("ignore", message="IProgress not found")
+
+        class _Handler(logging.Handler):
+            def emit(self, rec):
+                page._log_warning(f"{rec.levelname} {rec.name}: {rec.getMessage()}")
+
+        root = logging.getLogger()
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        root.addHandler(_Handler(level=logging.WARNING))
+
+    def _log_warning(self, text: str) -> None:
+        with self.warnings_log.open("a", encoding="utf-8") as f:
+            f.write(text + "\n")
+        self.manifest["warnings"] = self.manifest.get("warnings", 0) + 1
+        self._write_manifest()
+
     def note(self, text: str) -> None:
         from IPython.display import Markdown
 
@@ -67,15 +143,35 @@ class Page:
         from IPython.display import HTML
 
         data = shown if data is None else data
+        shown = self._reference_columns(shown, data)
         io.write_text(self.out / f"{name}.csv", data.to_csv(index=False))
-        io.write_text(self.out / f"{name}.md", f"### {title}\n\n" + _flat(shown).to_markdown(floatfmt=".2f") + "\n")
-        html = shown.to_html(float_format=lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}",
-                             border=1, na_rep="")
-        io.write_text(self.out / f"{name}.html", html.replace('<table border="1"', f'<table border="1" style="{STYLE}"'))
-        self.manifest["tables"].append({"name": name, "title": title, "html": f"{name}.html", "csv": f"{name}.csv"})
+        io.write_text(self.out / f"{name}.md", f"### {title}\n\n"
+                      + _flat(shown).to_markdown(floatfmt=".2f").replace(" nan ", f" {MISSING} ") + "\n")
+        html = table_html(shown)
+        # `<table>.table.html`: a table may share its page's name, whose `<page>.html` is the exported notebook
+        io.write_text(self.out / f"{name}.table.html", html)
+        self.manifest["tables"].append({"name": name, "title": title, "html": f"{name}.table.html", "csv": f"{name}.csv"})
         self._write_manifest()
-        _display(HTML(f"<h4>{title}</h4>"))
-        _display(shown)
+        _display(HTML(f"<h4>{_html.escape(title)}</h4>{html}"))
+        return shown
+
+    def _reference_columns(self, shown: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
+        """Tables without a dataset column (ablations, alignment) in a profile whose paper numbers stand beside
+        another dataset: drop the deltas and label the paper columns as a reference."""
+        alias = experiments.section(self.profile, "paper_alias") or {}
+        if not alias or "dataset" in data.columns:
+            return shown
+        label = f"paper, {', '.join(tables._title(a) for a in sorted(set(alias.values())))} (reference)"
+
+        def rename(col):
+            return label if col == "paper" else (f"{label}, std" if col == "paper_std" else col)
+
+        if isinstance(shown.columns, pd.MultiIndex):
+            keep = [c for c in shown.columns if "delta" not in c]
+            shown = shown[keep]
+            shown.columns = pd.MultiIndex.from_tuples([tuple(rename(x) for x in c) for c in shown.columns])
+        else:
+            shown = shown[[c for c in shown.columns if c != "delta"]].rename(columns=rename)
         return shown
 
     def figure(self, name: str, title: str, fig) -> None:
@@ -84,6 +180,12 @@ class Page:
         self._write_manifest()
         _display(fig)
         figures.close(fig)
+
+    def summary(self, fragment: str) -> None:
+        """An HTML fragment the report index shows at its top (Table 1's overview)."""
+        io.write_text(self.out / "summary.html", fragment)
+        self.manifest["summary"] = "summary.html"
+        self._write_manifest()
 
 
 def _flat(frame: pd.DataFrame) -> pd.DataFrame:
@@ -128,23 +230,106 @@ def _image_and_pixel(page: Page, name: str, title: str, frame: pd.DataFrame, ima
     page.table(f"{name}_pixel", f"{title} (pixel level)", tables.wide(frame, ["dataset", "method"], list(pixel_metrics)), frame)
 
 
+def _interval_note(profile: str, overrides=()) -> str:
+    cfg = experiments.run_config(profile, "reference", experiments.targets(profile)[0], tuple(overrides))
+    return (f"95% CI: percentile bootstrap over test images ({cfg.eval.bootstrap} resamples, seed "
+            f"{cfg.eval.bootstrap_seed}), stratified by class and label; each resample recomputes every class's metric "
+            "on the drawn images (pixel metrics on all pixels of the drawn images) and averages over classes.")
+
+
+def _reference_note(frame: pd.DataFrame) -> str | None:
+    label = tables.paper_reference_label(frame)
+    if not label:
+        return None
+    return (f"The column '{label}' holds the paper's published numbers for that dataset, for orientation only: the "
+            "data here are another set, so no delta is computed.")
+
+
 def table1(profile="smoke", out_dir="reports/smoke/table1", datasets=None, methods=None, overrides=(), device="auto"):
     page = Page("table1", profile, out_dir, overrides, device)
-    frame = tables.table1(profile, _datasets(profile, datasets, "table1_datasets"), methods, page.overrides)
+    datasets = _datasets(profile, datasets, "table1_datasets")
+    frame = tables.table1(profile, datasets, methods, page.overrides)
     _protocol_note(page, frame)
-    page.note("Image level: (AUROC, F1-max, AP); pixel level: (AUROC, PRO, AP). Reproduced and paper values in %, "
-              "delta = reproduced - paper. PRO = cflow-ad 200-threshold AUPRO as in the papers; `pixel_aupro` is the "
-              "exact MVTec AUPRO (no paper value). Paper: SSVP v2 Table 1.")
+    reference = _reference_note(frame)
+    page.note("Image level: (AUROC, F1-max, AP); pixel level: (AUROC, PRO, AP). Reproduced and paper values in %"
+              + ("" if reference else ", delta = reproduced - paper") + ". PRO = cflow-ad 200-threshold AUPRO as in "
+              "the papers; `pixel_aupro` is the exact MVTec AUPRO (no paper value). Paper: SSVP v2 Table 1.")
+    page.note(_interval_note(profile, page.overrides))
+    if reference:
+        page.note(reference)
     _image_and_pixel(page, "table1", "Table 1", frame, tables.IMAGE_METRICS, tables.PIXEL_METRICS)
+    used = list(dict.fromkeys(frame.method))
+    test = tables.versus_best_baseline(profile, datasets, used, ["image_auroc", "pixel_auroc", "pixel_aupro_legacy"],
+                                       page.overrides)
+    if len(test):
+        page.note("SSVP against the best other method per dataset and metric: difference of class means with its "
+                  "paired-bootstrap 95% CI (the same resampled images for both methods) and two-sided p-value "
+                  "2·min(#{d≤0}+1, #{d≥0}+1)/(B+1).")
+        shown = test.assign(**{tables.CI: [tables.format_ci(lo, hi) for lo, hi in zip(test.diff_ci_low, test.diff_ci_high)],
+                               "p": test.p_value.map(format_p)})
+        page.table("table1_test", "SSVP vs the best baseline (paired bootstrap)",
+                   shown.set_index(["dataset", "metric"])[["value", "best_baseline", "baseline_value", "difference", tables.CI, "p"]],
+                   test)
+    ref_label = tables.paper_reference_label(frame)
+    page.figure("table1_bars", "Table 1: reproduced vs paper", figures.comparison_bars(
+        frame, ["image_auroc", "image_f1_max", "image_ap", "pixel_auroc", "pixel_aupro_legacy", "pixel_ap"], ref_label))
+    page.summary(summary_fragment(frame, test))
     return frame
+
+
+def summary_fragment(frame: pd.DataFrame, test: pd.DataFrame | None = None,
+                     metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc", "pixel_aupro_legacy")) -> str:
+    """Per dataset: each method's reproduced class mean (95% CI) beside the paper's, the best reproduced value of
+    each metric in bold with a star; then SSVP against the best other method."""
+    ref = tables.paper_reference_label(frame)
+    paper_head = "paper (reference)" if ref else "paper"
+    parts = []
+    for ds in dict.fromkeys(frame.dataset):
+        sub = frame[(frame.dataset == ds) & frame.metric.isin(metrics)]
+        present = [m for m in metrics if m in set(sub.metric)]
+        head = "".join(f"<th>{figures.METRIC_LABELS.get(m, m)}</th><th>{paper_head}</th>" for m in present)
+        rows = []
+        best = {m: sub[sub.metric == m].reproduced.max() for m in present}
+        for method in dict.fromkeys(sub.method):
+            cells = []
+            for m in present:
+                r = sub[(sub.method == method) & (sub.metric == m)].iloc[0]
+                value = format_number(r.reproduced)
+                if not math.isnan(r.reproduced) and r.reproduced == best[m]:
+                    value = f"<b>★ {value}</b>"
+                ci = "" if math.isnan(r.get("ci_low", math.nan)) else f" <small>{tables.format_ci(r.ci_low, r.ci_high)}</small>"
+                cells.append(f"<td>{value}{ci}</td><td>{format_number(r.paper)}</td>")
+            rows.append(f"<tr><td>{_html.escape(method)}</td>{''.join(cells)}</tr>")
+        title = f"{_html.escape(ds)}" + (f" (paper values: {_html.escape(tables._title(sub.paper_dataset.iloc[0]))}, "
+                                         "for reference only)" if ref else "")
+        parts.append(f"<h3>{title}</h3><table border='1' style='{STYLE}'><tr><th>method</th>{head}</tr>{''.join(rows)}</table>")
+        if test is not None and len(test):
+            lines = []
+            for _, t in test[test.dataset == ds].iterrows():
+                lines.append(f"{figures.METRIC_LABELS.get(t.metric, t.metric)}: SSVP {t.value:.2f} vs {_html.escape(t.best_baseline)} "
+                             f"{t.baseline_value:.2f}, difference {t.difference:+.2f} "
+                             f"(95% CI {tables.format_ci(t.diff_ci_low, t.diff_ci_high)}), "
+                             f"p {format_p(t.p_value) if format_p(t.p_value).startswith('<') else '= ' + format_p(t.p_value)}")
+            if lines:
+                parts.append("<p>SSVP vs the best other method (paired bootstrap): " + "; ".join(lines) + ".</p>")
+    parts.append("<p><small>Class means in %, ★ = best reproduced value of the column; in brackets the 95% bootstrap "
+                 "CI.</small></p>")
+    return "\n".join(parts)
 
 
 def table2(profile="smoke", out_dir="reports/smoke/table2", dataset=None, methods=None, overrides=(), device="auto"):
     page = Page("table2", profile, out_dir, overrides, device)
     frame = tables.table2(profile, dataset or _main_target(profile), methods, page.overrides)
     _protocol_note(page, frame)
+    page.note(_interval_note(profile, page.overrides).replace("averages over classes",
+                                                              "for a class row, the metric of that class"))
+    reference = _reference_note(frame)
+    if reference:
+        page.note(reference)
     page.table("table2", "Table 2: class-wise image-level (IL) and pixel-level (PL) AUROC",
                tables.wide(frame, ["cls", "method"], ["image_auroc", "pixel_auroc"]), frame)
+    page.figure("table2_bars", "Table 2: per-class AUROC", figures.per_class_bars(
+        frame[frame.cls != "mean"], reference=tables.paper_reference_label(frame)))
     return frame
 
 
@@ -274,6 +459,10 @@ def vip2clip(profile="smoke", out_dir="reports/smoke/vip2clip", datasets=None, m
     page.note("ViP2-CLIP's Table 1 layout: image (AUROC, AP, F1-max), pixel (AUROC, PRO, F1-max). Paper values from the "
               "ViP2-CLIP README tables; its medical Table 2 needs datasets with a meta.json (reader `meta`), listed in "
               "the paper preset's `vip2clip_medical` when present.")
+    page.note(_interval_note(profile, page.overrides))
+    reference = _reference_note(frame)
+    if reference:
+        page.note(reference)
     _image_and_pixel(page, "vip2clip", "ViP2-CLIP Table 1", frame, ["image_auroc", "image_ap", "image_f1_max"],
                      ["pixel_auroc", "pixel_aupro_legacy", "pixel_f1_max"])
     medical = experiments.section(profile, "vip2clip_medical", [])

@@ -7,14 +7,21 @@
   whose inputs (notebook file, parameters, package sources) did not change since its last success is skipped.
 * --jobs N runs N notebooks at once, each kernel with cores / N threads; the engine's run-folder lock makes two
   notebooks needing the same model train it once.
+* The terminal shows one progress bar (notebooks done / total, elapsed time, the notebooks running now) and one line
+  per finished notebook. What the kernels print (jupyter's "Kernel is running over TCP without encryption", an
+  interrupted kernel's "KeyboardInterrupt caught in kernel", library logs) goes to `<notebook>/kernel.log`
+  (`<notebook>.failed.log` when it failed) unless `verbose`.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -41,7 +48,31 @@ def notebook_path(name: str, notebooks_dir: Path) -> Path:
     return Path(notebooks_dir) / f"{name}.ipynb"
 
 
-def run_one(name: str, profile: str, report_dir: str, notebooks_dir: str, overrides: list[str], threads: int | None) -> dict:
+@contextlib.contextmanager
+def _output_to(path: Path | None):
+    """Send this process's stdout/stderr, and so the kernel's it starts, to `path` (None: leave them)."""
+    if path is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab", buffering=0) as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def run_one(name: str, profile: str, report_dir: str, notebooks_dir: str, overrides: list[str], threads: int | None,
+            verbose: bool = False) -> dict:
     """Execute one notebook (in a worker process) and move its outputs into place on success."""
     import papermill as pm
 
@@ -50,13 +81,18 @@ def run_one(name: str, profile: str, report_dir: str, notebooks_dir: str, overri
     work = report_dir / ".work" / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    env_threads = {"SSVP_THREADS": str(threads)} if threads else {}
-    os.environ.update(env_threads)
+    os.environ.update({"SSVP_THREADS": str(threads)} if threads else {})
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the kernel's progress bars would only reach the log
+    if not verbose:
+        for logger in ("papermill", "traitlets", "jupyter_client", "nbclient"):
+            logging.getLogger(logger).setLevel(logging.ERROR)
     params = {"profile": profile, "out_dir": str(work), "overrides": list(overrides)}
     executed = work / f"{name}.ipynb"
+    log_file = None if verbose else work / "kernel.log"
     try:
-        pm.execute_notebook(str(notebook_path(name, Path(notebooks_dir))), str(executed), parameters=params,
-                            kernel_name="python3", progress_bar=False, cwd=str(Path.cwd()))
+        with _output_to(log_file):
+            pm.execute_notebook(str(notebook_path(name, Path(notebooks_dir))), str(executed), parameters=params,
+                                kernel_name="python3", progress_bar=False, cwd=str(Path.cwd()))
         _export_html(executed, work / f"{name}.html")
         _fix_paths(work, final)
     except Exception as e:  # the notebook failed: keep the earlier outputs, record the error
@@ -64,6 +100,8 @@ def run_one(name: str, profile: str, report_dir: str, notebooks_dir: str, overri
         if executed.is_file():
             failed = report_dir / f"{name}.failed.ipynb"
             shutil.copy(executed, failed)
+        if log_file is not None and log_file.is_file():
+            shutil.copy(log_file, report_dir / f"{name}.failed.log")
         shutil.rmtree(work, ignore_errors=True)
         return {"status": "failed", "error": error, "seconds": time.time() - started}
     backup = report_dir / ".work" / f"{name}.old"
@@ -73,6 +111,7 @@ def run_one(name: str, profile: str, report_dir: str, notebooks_dir: str, overri
     work.rename(final)
     shutil.rmtree(backup, ignore_errors=True)
     (report_dir / f"{name}.failed.ipynb").unlink(missing_ok=True)
+    (report_dir / f"{name}.failed.log").unlink(missing_ok=True)
     return {"status": "ok", "error": "", "seconds": time.time() - started}
 
 
@@ -102,7 +141,9 @@ def _describe(e: Exception) -> str:
 
 def reproduce(profile: str = "smoke", only: list[str] | None = None, jobs: int = 1, overrides: list[str] | None = None,
               force: bool = False, reports_dir: str | Path = "reports", notebooks_dir: str | Path | None = None,
-              log=print) -> Path:
+              log=None, verbose: bool = False) -> Path:
+    from tqdm import tqdm
+
     from .site import build_index
 
     notebooks_dir = Path(notebooks_dir or DEFAULT_NOTEBOOKS)
@@ -116,12 +157,13 @@ def reproduce(profile: str = "smoke", only: list[str] | None = None, jobs: int =
     status = json.loads(status_path.read_text()) if status_path.is_file() else {}
     digest = sources_digest()
     overrides = list(overrides or [])
+    say = log or tqdm.write
     todo = []
     for name in names:
         key = hashlib.sha256(json.dumps([notebook_path(name, notebooks_dir).read_text(), profile, overrides, digest]).encode()).hexdigest()[:16]
         previous = status.get(name, {})
         if not force and previous.get("status") == "ok" and previous.get("key") == key and (report_dir / name / "manifest.json").is_file():
-            log(f"{name}: unchanged since its last successful run, skipped")
+            say(f"{name}: unchanged since its last successful run, skipped")
             continue
         todo.append((name, key))
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs)) if jobs > 1 else None
@@ -129,20 +171,30 @@ def reproduce(profile: str = "smoke", only: list[str] | None = None, jobs: int =
         from .experiments import ensure_profile_data
 
         ensure_profile_data(profile)
-    with cf.ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(run_one, name, profile, str(report_dir), str(notebooks_dir), overrides, threads): (name, key)
+    size = shutil.get_terminal_size((100, 24))  # a terminal that reports 0 x 0 (some ptys) would hide the bar
+    bar = tqdm(total=len(todo), desc=f"reproduce {profile}", unit="notebook", ncols=size.columns, nrows=size.lines,
+               bar_format="{desc}: {n}/{total} notebooks |{bar}| {elapsed}{postfix}", disable=not todo or None)
+    with bar, cf.ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(run_one, name, profile, str(report_dir), str(notebooks_dir), overrides, threads, verbose): (name, key)
                    for name, key in todo}
-        for fut in cf.as_completed(futures):
-            name, key = futures[fut]
-            try:
-                result = fut.result()
-            except Exception as e:  # the worker itself died
-                result = {"status": "failed", "error": _describe(e), "seconds": 0.0}
-            result.update(key=key if result["status"] == "ok" else status.get(name, {}).get("key"),
-                          finished=time.strftime("%Y-%m-%d %H:%M:%S"))
-            status[name] = result
-            io.write_json(status_path, status)
-            log(f"{name}: {result['status']} in {result['seconds']:.0f} s" + (f" ({result['error']})" if result["error"] else ""))
-            build_index(report_dir, profile, status)
+        pending = set(futures)
+        while pending:
+            finished, pending = cf.wait(pending, timeout=1.0, return_when=cf.FIRST_COMPLETED)
+            running = [futures[f][0] for f in pending if (report_dir / ".work" / futures[f][0]).is_dir()]
+            bar.set_postfix_str(f"running: {', '.join(running)}" if running else "", refresh=False)
+            for fut in finished:
+                name, key = futures[fut]
+                try:
+                    result = fut.result()
+                except Exception as e:  # the worker itself died
+                    result = {"status": "failed", "error": _describe(e), "seconds": 0.0}
+                result.update(key=key if result["status"] == "ok" else status.get(name, {}).get("key"),
+                              finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+                status[name] = result
+                io.write_json(status_path, status)
+                say(f"{name}: {result['status']} in {result['seconds']:.0f} s" + (f" ({result['error']})" if result["error"] else ""))
+                build_index(report_dir, profile, status)
+                bar.update(1)
+            bar.refresh()
     shutil.rmtree(report_dir / ".work", ignore_errors=True)
     return build_index(report_dir, profile, status)

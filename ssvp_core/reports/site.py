@@ -18,7 +18,7 @@ TITLES = {
 CSS = """body{font-family:sans-serif;margin:24px;max-width:1400px}
 .banner{background:#fff3cd;border:1px solid #e0b000;padding:10px;font-weight:bold}
 .failed{color:#b00020}.ok{color:#1b5e20}.missing{color:#777}
-table{border-collapse:collapse}td,th{padding:2px 6px}img{max-width:100%;border:1px solid #ddd}
+table{border-collapse:collapse}td,th{padding:2px 6px}td{white-space:nowrap}img{max-width:100%;border:1px solid #ddd}
 section{margin-top:28px;border-top:1px solid #ccc}"""
 
 
@@ -48,8 +48,16 @@ def build_index(report_dir: Path, profile: str, status: dict) -> Path:
                      f"<td>{html.escape(st.get('finished', ''))}</td><td class='failed'>{html.escape(st.get('error', ''))}</td></tr>"
                      if st else f"<tr><td>{link}</td><td class='missing'>not run</td><td></td><td></td><td></td></tr>")
     parts.append("</table>")
+    manifests = {name: load_manifest(report_dir / name) for name in PAGES}
+    summaries = [(name, m) for name, m in manifests.items() if m and m.get("summary") and (report_dir / name / m["summary"]).is_file()]
+    if summaries:
+        parts.append("<section id='summary'><h2>Summary: reproduced vs paper</h2>")
+        for name, m in summaries:
+            parts.append((report_dir / name / m["summary"]).read_text())
+            parts.append(f"<p><a href='#{name}'>Full {html.escape(TITLES.get(name, name))}</a></p>")
+        parts.append("</section>")
     for name in PAGES:
-        manifest = load_manifest(report_dir / name)
+        manifest = manifests[name]
         if manifest is None:
             continue
         parts.append(f"<section id='{name}'><h2>{html.escape(TITLES.get(name, name))}</h2>")
@@ -59,6 +67,9 @@ def build_index(report_dir: Path, profile: str, status: dict) -> Path:
         for note in manifest.get("notes", []):
             cls = "banner" if note in (SMOKE_BANNER, manifest.get("banner")) else ""
             parts.append(f"<p class='{cls}'>{html.escape(note)}</p>")
+        if manifest.get("warnings"):
+            parts.append(f"<p class='missing'>{manifest['warnings']} warning(s) while computing this page: "
+                         f"<a href='{name}/warnings.log'>warnings.log</a></p>")
         for t in manifest.get("tables", []):
             fragment = (report_dir / name / t["html"]).read_text() if (report_dir / name / t["html"]).is_file() else ""
             parts.append(f"<h3>{html.escape(t['title'])}</h3>{fragment}<p><a href='{name}/{t['csv']}'>CSV</a></p>")

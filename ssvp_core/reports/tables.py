@@ -4,6 +4,12 @@ Every builder returns a long DataFrame (dataset, cls, method, metric, reproduced
 pivots it for display. Reproduced metrics come from `reports.experiments`; paper numbers from `reports.reported`.
 Our `pixel_aupro_legacy` (cflow-ad 200 thresholds) is the one compared with the papers' "PRO"; the exact MVTec
 AUPRO is shown next to it without a paper value.
+
+Tables 1 and 2 also carry a 95% bootstrap confidence interval (ci_low, ci_high; metrics/bootstrap.py states the
+estimator) and `versus_best_baseline` a paired bootstrap test of SSVP against the strongest other method. Where the
+paper's number belongs to another dataset than ours (the smoke profile's synthetic set stands in for MVTec-AD:
+`paper_alias`), it is kept as a labelled reference (`paper_dataset`) and no delta is computed: a synthetic class
+minus MVTec-AD's number means nothing.
 """
 from __future__ import annotations
 
@@ -12,8 +18,11 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..metrics.bootstrap import dataset_resamples, paired_p_value, percentile_interval
 from . import experiments
 from .reported import reported
+
+CI = "95% CI"
 
 TABLE1_METHODS = ["winclip", "aprilgan", "anomalyclip", "adaclip", "bayes_pfl", "ssvp"]
 TABLE2_METHODS = ["winclip", "anomalyclip", "adaclip", "bayes_pfl", "ssvp"]
@@ -56,24 +65,69 @@ def _paper_value(paper: pd.DataFrame, dataset: str, method: str, metric: str, cl
     return float(rows.value.iloc[0]) if len(rows) else math.nan
 
 
-def _row(dataset, cls, method, metric, ours: float, paper_value: float, **extra) -> dict:
+def _row(dataset, cls, method, metric, ours: float, paper_value: float, paper_dataset: str | None = None,
+         **extra) -> dict:
+    """One table cell in percent. `paper_dataset` other than `dataset`: the paper value is a reference, no delta."""
     reproduced = 100 * ours if not math.isnan(ours) else math.nan
-    delta = reproduced - paper_value if not (math.isnan(reproduced) or math.isnan(paper_value)) else math.nan
+    comparable = paper_dataset is None or paper_dataset == dataset
+    delta = reproduced - paper_value if comparable and not (math.isnan(reproduced) or math.isnan(paper_value)) else math.nan
     return {"dataset": dataset, "cls": cls, "method": method, "metric": metric, "reproduced": reproduced,
-            "paper": paper_value, "delta": delta, **extra}
+            "paper": paper_value, "delta": delta, "paper_dataset": paper_dataset or dataset, **extra}
+
+
+def resamples(ev, metric: str, cls: str = "mean") -> np.ndarray | None:
+    """The bootstrap resamples of a metric (class mean, or one class) of an evaluation, in percent."""
+    boot = (getattr(ev, "extra", None) or {}).get("bootstrap")
+    if not boot:
+        return None
+    values = dataset_resamples(boot["classes"], metric, cls)
+    return None if values is None else 100 * np.asarray(values, dtype=np.float64)
+
+
+def interval(ev, metric: str, cls: str = "mean") -> dict:
+    values = resamples(ev, metric, cls)
+    lo, hi = percentile_interval(values) if values is not None else (math.nan, math.nan)
+    return {"ci_low": lo, "ci_high": hi}
 
 
 def comparison(profile: str, datasets: list[str], methods: list[str], metrics: list[str], paper: pd.DataFrame,
                overrides: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Dataset-mean metrics of every (dataset, method) beside the paper's numbers (the layout of both papers' Table 1)."""
+    """Dataset-mean metrics of every (dataset, method) beside the paper's numbers (the layout of both papers' Table 1),
+    with the bootstrap interval of each."""
     rows = []
     for ds in datasets:
+        paper_ds = experiments.paper_dataset(profile, ds)
         for method in methods:
-            ev = experiments.evaluation(profile, method, ds, overrides)
+            ev = experiments.evaluation(profile, method, ds, overrides, bootstrap=True)
             source = experiments.trained_on(profile, method, ds)
             for metric in metrics:
-                rows.append(_row(ds, "mean", method, metric, ev.mean(metric),
-                                 _paper_value(paper, experiments.paper_dataset(profile, ds), method, metric), trained_on=source))
+                rows.append(_row(ds, "mean", method, metric, ev.mean(metric), _paper_value(paper, paper_ds, method, metric),
+                                 paper_ds, trained_on=source, **interval(ev, metric)))
+    return pd.DataFrame(rows)
+
+
+def versus_best_baseline(profile: str, datasets: list[str], methods: list[str], metrics: list[str],
+                         overrides: tuple[str, ...] = (), ours: str = "ssvp") -> pd.DataFrame:
+    """Per dataset and metric: `ours` against the other method with the highest class mean, the difference with its
+    paired-bootstrap 95% interval and two-sided p-value (same resampled images for both; metrics/bootstrap.py)."""
+    rows = []
+    for ds in datasets:
+        evs = {m: experiments.evaluation(profile, m, ds, overrides, bootstrap=True) for m in methods}
+        if ours not in evs or len(evs) < 2:
+            continue
+        for metric in metrics:
+            means = {m: ev.mean(metric) for m, ev in evs.items()}
+            others = {m: v for m, v in means.items() if m != ours and not math.isnan(v)}
+            if not others or math.isnan(means[ours]):
+                continue
+            best = max(others, key=others.get)
+            a, b = resamples(evs[ours], metric), resamples(evs[best], metric)
+            diff = a - b if a is not None and b is not None else None
+            lo, hi = percentile_interval(diff) if diff is not None else (math.nan, math.nan)
+            rows.append({"dataset": ds, "metric": metric, "method": ours, "value": 100 * means[ours],
+                         "best_baseline": best, "baseline_value": 100 * means[best],
+                         "difference": 100 * (means[ours] - means[best]), "diff_ci_low": lo, "diff_ci_high": hi,
+                         "p_value": paired_p_value(a, b) if diff is not None else math.nan})
     return pd.DataFrame(rows)
 
 
@@ -89,12 +143,15 @@ def table2(profile: str, dataset: str = "mvtec", methods: list[str] | None = Non
     paper_ds = experiments.paper_dataset(profile, dataset)
     rows = []
     for method in methods:
-        m = experiments.evaluation(profile, method, dataset, overrides).metrics
+        ev = experiments.evaluation(profile, method, dataset, overrides, bootstrap=True)
+        m = ev.metrics
         source = experiments.trained_on(profile, method, dataset)
         for metric in ("image_auroc", "pixel_auroc"):
             for _, r in m[m.metric == metric].iterrows():
-                rows.append(_row(dataset, r.cls, method, metric, r.value, _paper_value(paper, paper_ds, method, metric, r.cls),
-                                 trained_on=source))
+                # another dataset's class of the same name (a synthetic "capsule") is no reference: only the mean is
+                paper_value = _paper_value(paper, paper_ds, method, metric, r.cls) if paper_ds == dataset or r.cls == "mean" else math.nan
+                rows.append(_row(dataset, r.cls, method, metric, r.value, paper_value,
+                                 paper_ds, trained_on=source, **interval(ev, metric, r.cls)))
     return pd.DataFrame(rows)
 
 
@@ -167,7 +224,8 @@ def table5(profile: str, dataset: str = "mvtec", overrides: tuple[str, ...] = ()
         for metric in ("image_auroc", "pixel_auroc"):
             p = paper[(paper.method == f"ssvp[{entry.get('paper', label)}]") & (paper.metric == metric)].value
             rows.append(_row(dataset, "mean", label, metric, ev.mean(metric), float(p.iloc[0]) if len(p) else math.nan,
-                             params_M=entry.get("params_M"), trained_on=experiments.trained_on(profile, "ssvp", dataset)))
+                             experiments.paper_dataset(profile, dataset), params_M=entry.get("params_M"),
+                             trained_on=experiments.trained_on(profile, "ssvp", dataset)))
     return pd.DataFrame(rows)
 
 
@@ -221,10 +279,53 @@ def protocol_note(frame: pd.DataFrame) -> str:
     return "Trained on (the auxiliary dataset's test split; target <- source): " + " | ".join(parts) + "."
 
 
-def wide(frame: pd.DataFrame, index: list[str], metrics: list[str] | None = None, columns: tuple[str, ...] = ("reproduced", "paper", "delta")) -> pd.DataFrame:
-    """Pivot to one row per `index`, and per metric the reproduced / paper / delta columns."""
+def wide(frame: pd.DataFrame, index: list[str], metrics: list[str] | None = None,
+         columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Pivot to one row per `index`, and per metric the reproduced value, its 95% CI (when the frame has one), the
+    paper's value and the delta. A paper value from another dataset is labelled as a reference and has no delta."""
     frame = frame if metrics is None else frame[frame.metric.isin(metrics)]
-    out = frame.pivot_table(index=index, columns="metric", values=list(columns), sort=False, dropna=False)
+    frame = frame.copy()
+    if columns is None:
+        columns = display_columns(frame)
+    if CI in columns:
+        frame[CI] = [format_ci(lo, hi) for lo, hi in zip(frame.ci_low, frame.ci_high)]
+    ref = paper_reference_label(frame)
+    if ref and "paper" in columns:
+        frame[ref] = frame["paper"]
+        columns = tuple(ref if c == "paper" else c for c in columns if c != "delta")
+    out = frame.pivot_table(index=index, columns="metric", values=list(columns), sort=False, dropna=False,
+                            aggfunc="first")
     out = out.swaplevel(0, 1, axis=1)
     order = metrics or list(dict.fromkeys(frame.metric))
     return out.reindex(columns=[(m, c) for m in order for c in columns if (m, c) in out.columns])
+
+
+def display_columns(frame: pd.DataFrame) -> tuple[str, ...]:
+    cols = ["reproduced"]
+    if "ci_low" in frame and frame.ci_low.notna().any():
+        cols.append(CI)
+    if "paper" in frame:
+        cols.append("paper")
+        if "delta" in frame and not paper_reference_label(frame):
+            cols.append("delta")
+    return tuple(cols)
+
+
+def paper_reference_label(frame: pd.DataFrame) -> str | None:
+    """'paper: <dataset> (reference)' when the paper values stand beside another dataset than ours."""
+    if "paper_dataset" not in frame or "dataset" not in frame:
+        return None
+    other = sorted({p for d, p in zip(frame.dataset, frame.paper_dataset) if p != d})
+    return f"paper, {', '.join(_title(p) for p in other)} (reference)" if other else None
+
+
+def _title(dataset: str) -> str:
+    from ..data.registry import BENCHMARKS
+
+    return BENCHMARKS[dataset].title if dataset in BENCHMARKS else dataset
+
+
+def format_ci(lo: float, hi: float) -> str:
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return "—"
+    return f"[{lo:.2f}, {hi:.2f}]"
