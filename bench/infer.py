@@ -1,7 +1,7 @@
 """Benchmark: SSVP's trainable heads against its frozen backbones, for one image, in one run.
 
 For the tiny (smoke) and the full (paper architectures: CLIP ViT-L/14-336 at 518 px + DINOv3 ViT-L/16 at 592 px,
-random weights) configurations: time the frozen backbone pass (`encode_backbones`) and the heads on its cached
+random weights) configurations: time the frozen backbone pass (`frozen_features`) and the heads on its cached
 output (`heads`: HSVS, prompts through the text encoder, VCPG, VTAM) separately, report the heads' share of the
 total and images per second. CPU, fp32, torch.inference_mode.
 
@@ -62,8 +62,8 @@ def measure(name: str, batch_size: int, repeats: int) -> None:
     det = build_detector(load_config(profile, "ssvp", overrides)).eval()
     batch = fake_batch(det, batch_size)
     with torch.inference_mode():
-        backbone = timed(lambda: det.encode_backbones(batch), repeats)
-        features = det.encode_backbones(batch)
+        backbone = timed(lambda: det.frozen_features(batch), repeats)
+        features = det.frozen_features(batch)
         heads = timed(lambda: det.heads(features, batch), repeats)
     whole = backbone + heads
     counts = det.count_parameters()

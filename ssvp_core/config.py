@@ -76,6 +76,12 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 = off
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = end of each epoch only)
     grad_checkpointing: bool = False  # for methods that backprop through a backbone (DAPO)
+    # frozen-feature cache (engine/feature_cache.py) for methods whose vision path is frozen and unaugmented
+    feature_cache: bool = True  # `--set train.feature_cache=off` disables it (YAML reads off as false)
+    feature_cache_dtype: Literal["fp16", "fp32"] = "fp16"
+    feature_cache_dir: str = ""  # "" = <out_dir>/features
+    feature_cache_ram_gb: float = 4.0  # caches up to this size are read into memory, larger ones memory-mapped
+    feature_cache_max_gb: float = 500.0  # a cache larger than this is not written (the run goes on without it)
 
 
 @dataclass
@@ -95,6 +101,7 @@ class EvalConfig:
     num_workers: int = 0
     seed: int = 333
     store_maps: bool = False
+    feature_cache: bool = False  # reuse frozen features across evaluations (sweeps); stored as train.feature_cache_*
 
 
 @dataclass
@@ -118,7 +125,9 @@ class RunConfig:
         d = self.to_dict()
         for key in ("eval", "device", "out_dir", "profile"):
             d.pop(key)
-        for key in ("num_workers", "checkpoint_every"):
+        # how the run is executed, not what it learns (the feature cache's dtype stays: fp16 features round the inputs)
+        for key in ("num_workers", "checkpoint_every", "feature_cache", "feature_cache_dir", "feature_cache_ram_gb",
+                    "feature_cache_max_gb"):
             d["train"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

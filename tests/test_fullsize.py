@@ -18,7 +18,7 @@ def test_full_size_ssvp_grids_and_shapes():
     assert det.input_sizes() == [518, 592]
     batch = {"image": torch.rand(1, 3, 518, 518), "views": {592: torch.rand(1, 3, 592, 592)}, "cls": ["bottle"]}
     with torch.inference_mode():
-        f_cl, f_cg, f_dl, f_dg = det.encode_backbones(batch)
+        f_cl, f_cg, f_dl, f_dg = det.split_features(det.frozen_features(batch))
         out = det(batch)
     assert [t.shape for t in f_cl] == [torch.Size([1, 1369, 768])] * 4 and f_cg.shape == (1, 768)
     assert [t.shape for t in f_dl] == [torch.Size([1, 1369, 1024])] * 4 and f_dg.shape == (1, 1024)

@@ -22,7 +22,7 @@ def batch(n=3, seed=0):
 def test_shapes_at_each_stage():
     m = make().eval()
     b = batch()
-    f_cl, f_cg, f_dl, f_dg = m.encode_backbones(b)
+    f_cl, f_cg, f_dl, f_dg = m.split_features(m.frozen_features(b))
     N = GRID * GRID
     assert [t.shape for t in f_cl] == [torch.Size([3, N, 64])] * 4 and f_cg.shape == (3, 64)
     assert [t.shape for t in f_dl] == [torch.Size([3, N, 128])] * 4 and f_dg.shape == (3, 128)

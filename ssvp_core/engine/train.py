@@ -27,7 +27,8 @@ from ..data.registry import read_dataset
 from ..errors import ConfigError, TrainingDiverged
 from ..methods import build_detector
 from . import checkpoint as ckpt
-from .infer import collate, to_device
+from .batches import collate, to_device
+from .feature_cache import shared_cache
 from .runtime import DistInfo, barrier, dist_info, init_distributed, resolve_device, seed_everything, step_seed
 
 log = logging.getLogger(__name__)
@@ -116,11 +117,10 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
         raise ConfigError(f"method {cfg.method!r} is training-free; evaluate it directly (ssvp eval)")
     detector.to(device)
     samples = read_dataset(cfg.train.dataset, cfg.train.root, "test", cfg.train.classes or None)
-    dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes())
     batch_size = cfg.train.batch_size
     if batch_size % info.world:
         raise ConfigError(f"train.batch_size={batch_size} must be divisible by the number of processes ({info.world})")
-    steps_per_epoch = math.ceil(len(dataset) / batch_size)
+    steps_per_epoch = math.ceil(len(samples) / batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
     optimizer = make_optimizer(detector, cfg)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
@@ -136,6 +136,9 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
         state = ckpt.state_of(payload)
         log.info("resuming %s at epoch %d step %d", path, state.epoch, state.step_in_epoch)
     resumed_from = state.global_step
+    cache = None if state.complete else shared_cache(detector, samples, cfg, device, info, progress)
+    # with a cache the loader reads masks and labels only; the features stand in for the pixels
+    dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes(), images=cache is None)
     model = detector
     if info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(detector, device_ids=[device.index] if device.type == "cuda" else None,
@@ -144,7 +147,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
     bar = tqdm(total=total_steps, initial=state.global_step, desc=f"train {cfg.method}", disable=not (progress and info.main))
     started = time.time()
     while not state.complete and state.epoch < cfg.train.epochs:
-        order = epoch_order(len(dataset), cfg.train.seed, state.epoch)
+        order = epoch_order(len(samples), cfg.train.seed, state.epoch)
         first = state.step_in_epoch
         # each rank takes an interleaved slice of every global batch; resuming skips the batches already done
         batches = [order[s * batch_size:(s + 1) * batch_size][info.rank::info.world] for s in range(first, steps_per_epoch)]
@@ -155,6 +158,8 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
                 bar.close()
                 return TrainResult(path, detector, state.history, resumed_from)
             batch = to_device(batch, device)
+            if cache is not None:
+                batch["features"] = cache.take(batch["index"], device)
             torch.manual_seed(step_seed(cfg.train.seed, state.global_step, info.rank))
             out = model(batch)
             parts = detector.loss(out, batch)
