@@ -55,6 +55,7 @@ class BackboneConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     dino: DinoConfig = field(default_factory=DinoConfig)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    compile: bool = False  # torch.compile every transformer block of the frozen vision towers (first call compiles)
 
 
 @dataclass
@@ -129,6 +130,7 @@ class RunConfig:
         for key in ("num_workers", "checkpoint_every", "feature_cache", "feature_cache_dir", "feature_cache_ram_gb",
                     "feature_cache_max_gb"):
             d["train"].pop(key)
+        d["backbone"].pop("compile")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

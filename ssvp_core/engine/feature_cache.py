@@ -57,6 +57,7 @@ def _file_identity(path: str) -> list:
 
 def cache_key(detector, samples: Sequence[Sample], dtype: str) -> str:
     backbone = asdict(detector.backbone_cfg)
+    backbone.pop("compile")  # compiled blocks compute the same features
     weights = {k: _file_identity(v["pretrained"]) for k, v in backbone.items() if isinstance(v, dict) and "pretrained" in v}
     images = hashlib.sha256()
     for s in samples:

@@ -136,6 +136,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
         state = ckpt.state_of(payload)
         log.info("resuming %s at epoch %d step %d", path, state.epoch, state.step_in_epoch)
     resumed_from = state.global_step
+    started = time.time()  # a record's elapsed_s includes building the feature cache
     cache = None if state.complete else shared_cache(detector, samples, cfg, device, info, progress)
     # with a cache the loader reads masks and labels only; the features stand in for the pixels
     dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes(), images=cache is None)
@@ -145,7 +146,6 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
                                                           find_unused_parameters=True, broadcast_buffers=False)
     detector.train()
     bar = tqdm(total=total_steps, initial=state.global_step, desc=f"train {cfg.method}", disable=not (progress and info.main))
-    started = time.time()
     while not state.complete and state.epoch < cfg.train.epochs:
         order = epoch_order(len(samples), cfg.train.seed, state.epoch)
         first = state.step_in_epoch
@@ -179,7 +179,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
             state.global_step += 1
             state.step_in_epoch = step + 1
             record = {"step": state.global_step, "epoch": state.epoch + 1, **{k: float(v.detach()) for k, v in parts.items()},
-                      "lr": optimizer.param_groups[0]["lr"]}
+                      "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - started, 4)}
             state.history.append(record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['total']:.4f}")

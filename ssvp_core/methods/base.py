@@ -160,7 +160,7 @@ class ClipDetector(Detector):
 
     def __init__(self, options: Any, backbone: BackboneConfig, image_size: int):
         super().__init__(options, backbone, image_size)
-        self.clip = get_clip(backbone.clip)
+        self.clip = get_clip(backbone.clip, backbone.compile)
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.clip]

@@ -166,8 +166,8 @@ class SSVP(Detector):
         super().__init__(options, backbone, image_size)
         validate(options)
         o = options
-        self.clip = get_clip(backbone.clip)
-        self.aux = get_aux(backbone.dino) if o.fusion != "none" else None
+        self.clip = get_clip(backbone.clip, backbone.compile)
+        self.aux = get_aux(backbone.dino, backbone.compile) if o.fusion != "none" else None
         d = self.clip.embed_dim
         n_layers = len(backbone.clip.layers)
         if o.fusion != "none" and len(backbone.dino.layers) != n_layers:
