@@ -98,8 +98,11 @@ _CONSTANT = {"schedule": "constant", "warmup_frac": 0.0}
 register(MethodSpec("winclip", WinCLIP, WinCLIPOptions, "WinCLIP (Jeong et al., CVPR 2023)"))
 register(MethodSpec("aprilgan", APRILGAN, APRILGANOptions, "APRIL-GAN (Chen et al., arXiv 2305.17382)",
                     train_defaults={"epochs": 3, "batch_size": 8, "lr_head": 1e-3, **_CONSTANT}))
+# AnomalyCLIP's release: the model stays fp32 (build_model's convert_weights is commented out) and its forward
+# resizes the position embedding bilinearly
 register(MethodSpec("anomalyclip", AnomalyCLIP, AnomalyCLIPOptions, "AnomalyCLIP (Zhou et al., ICLR 2024)",
-                    train_defaults={"epochs": 15, "batch_size": 8, "lr_prompt": 1e-3, "lr_head": 1e-3, **_CONSTANT}))
+                    train_defaults={"epochs": 15, "batch_size": 8, "lr_prompt": 1e-3, "lr_head": 1e-3, **_CONSTANT},
+                    backbone_defaults={"clip": {"pos_embed_interpolation": "bilinear"}, "precision": "fp32"}))
 register(MethodSpec("adaclip", AdaCLIP, AdaCLIPOptions, "AdaCLIP (Cao et al., ECCV 2024)",
                     train_defaults={"epochs": 5, "batch_size": 1, "lr_prompt": 1e-2, "lr_head": 1e-2, "optimizer": "adamw",
                                     **_CONSTANT}))

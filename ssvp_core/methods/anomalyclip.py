@@ -1,17 +1,25 @@
-"""AnomalyCLIP (Zhou et al., ICLR 2024): object-agnostic prompt learning (peers-and-datasets.md §1).
+"""AnomalyCLIP (Zhou et al., ICLR 2024): object-agnostic prompt learning (peers-and-datasets.md §1), as released in
+zqhang/AnomalyCLIP @45ed4dd (`AnomalyCLIP_lib/AnomalyCLIP.py`, `prompt_ensemble.py`, `train.py`, `test.py`).
 
     prompts   "[X]x12 object." and "[X]x12 damaged object." with 12 learnable context vectors each, plus deep
               text prompts: before text blocks 1..8, 4 learnable tokens replace positions 1..4 (depth 9).
-    DPAM      from block `dpam_start` on, a second stream runs V-V self-attention (q = k = v from the block's own
-              weights, no FFN) next to the unchanged blocks; patch tokens come from that stream, the global feature
-              from the original one (ln_post, proj).
-    scores    map = softmax(patch . T / 0.07)[abnormal], upsampled, summed over tapped layers, Gaussian sigma 4 at
-              test; image score = softmax(CLS . T / 0.07)[abnormal] (no map term).
-    loss      CE on the image logits + 4 x sum over layers of [focal + dice(abnormal) + dice(normal)].
-    training  Adam(0.5, 0.999), lr 1e-3, 15 epochs, batch 8, only the prompts train.
+    DPAM      from block `dpam_start` on (the released DPAM_layer=20 on 24 blocks = blocks 6-24), a side stream
+              collects V-V self-attention (q = k = v from the block's own weights and output projection, no FFN)
+              computed on ln_1 of the ORIGINAL stream's block input: side = h_in + sum_blocks VV(ln_1(h_in)). The
+              original stream runs the unchanged blocks. Patch tokens come from the side stream (ln_post, proj);
+              the global feature is the final original CLS @ proj, without ln_post.
+    scores    map = softmax(patch . T / 0.07)[abnormal] on the grid, upsampled bilinearly (align_corners=False),
+              summed over tapped layers (the engine applies Gaussian sigma 4 at test); image score =
+              softmax(CLS . T / 0.07)[abnormal] (no map term).
+    loss      CE on the image logits + 4 x sum over layers of [focal + dice(abnormal) + dice(normal, 1 - mask)].
+    training  Adam(0.5, 0.999), lr 1e-3 constant, 15 epochs, batch 8, only the prompts train.
+    backbone  the released model runs in fp32 (build_model never converts the weights to fp16) and resizes the
+              position embedding bilinearly: MethodSpec.backbone_defaults.
 
 Layers (§1.3): the published numbers come from layer 24 only (`layers=published`, default); `layers=nominal` taps
 6/12/18/24, and `tap_bug=true` reproduces the pre-2025 in-place bug that made all four taps equal the last layer.
+Not reproduced: the released text block rounds the deep prompts through fp16 (`.half()`) before inserting them,
+which rounds their values and gradients to fp16 (relative 5e-4); here they stay fp32.
 """
 from __future__ import annotations
 
@@ -35,7 +43,7 @@ class AnomalyCLIPOptions:
     text_depth: int = 9  # deep text prompts in blocks 1 .. depth-1
     text_tokens: int = 4
     dpam: bool = True
-    dpam_start: int = 6  # first 1-based block with the V-V path (DPAM_layer=20 on 24 blocks)
+    dpam_start: int = 6  # first 1-based V-V block; released DPAM_layer = n_blocks - dpam_start + 2 (20 on 24)
     layers: Literal["published", "nominal"] = "published"  # published (last tapped layer only) | nominal (every tapped layer)
     tap_bug: bool = False  # nominal layers, but every tap equals the last layer (the bug fixed in 2025)
     temperature: float = 0.07
@@ -77,11 +85,13 @@ class AnomalyCLIP(ClipDetector):
         return F.normalize(feats.float(), dim=-1)  # (2, D)
 
     def _vv_attention(self, blk, x: torch.Tensor) -> torch.Tensor:
-        """V-V self-attention with the block's own value and output projections (DPAM)."""
+        """V-V self-attention of ln_1(x) with the block's own value and output projections (DPAM); x is the block's
+        input on the original stream (the released `x_res = self.attention(self.ln_1(x_ori))`)."""
         attn = blk.attn
         W = x.shape[-1]
         h = attn.num_heads
-        v = F.linear(blk.ln_1(x), attn.in_proj_weight[2 * W:], attn.in_proj_bias[2 * W:] if attn.in_proj_bias is not None else None)
+        bias = attn.in_proj_bias[2 * W:] if attn.in_proj_bias is not None else None
+        v = F.linear(blk.ln_1(x), attn.in_proj_weight[2 * W:], bias)
         B, L, _ = v.shape
         v = v.view(B, L, h, W // h).transpose(1, 2)
         out = F.scaled_dot_product_attention(v, v, v).transpose(1, 2).reshape(B, L, W)
@@ -94,8 +104,7 @@ class AnomalyCLIP(ClipDetector):
         side, taps = None, []
         for i, blk in enumerate(self.clip.blocks):
             if o.dpam and i + 1 >= o.dpam_start:
-                side = h if side is None else side
-                side = side + self._vv_attention(blk, side)
+                side = (h if side is None else side) + self._vv_attention(blk, h)
             h = blk(h)
             if i in taps_idx:
                 source = side if (o.dpam and side is not None) else h
@@ -109,10 +118,11 @@ class AnomalyCLIP(ClipDetector):
         x = batch_view(batch, self.backbone_cfg.clip.image_size)
         with torch.no_grad(), autocast_context(x.device, self.backbone_cfg.precision):
             final, taps = self.visual(x)
-            cls = F.normalize(self.clip.project(final[:, 0]).float(), dim=-1)
+            cls = F.normalize(self.clip.project_no_ln(final[:, 0]).float(), dim=-1)  # released: no ln_post
             patches = [F.normalize(self.clip.project(t[:, 1:]).float(), dim=-1) for t in taps]
         text = self.text_features()
-        maps = layer_maps(patches, text, o.temperature, self.clip.grid, self.image_size, softmax_first=True)
+        maps = layer_maps(patches, text, o.temperature, self.clip.grid, self.image_size, softmax_first=True,
+                          align_corners=False)
         anomaly_map = torch.stack([m[:, 1] for m in maps]).sum(0)
         logits = cls @ text.T / o.temperature
         return Output(anomaly_map, logits.softmax(-1)[:, 1], {"layer_maps": maps, "logits": logits})
