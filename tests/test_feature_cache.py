@@ -119,3 +119,23 @@ def test_evaluation_with_the_cache_gives_the_same_metrics(synth_root, tmp_path):
     assert len(_folders(tmp_path / "features")) == 2  # the training set's and the evaluation set's
     pd.testing.assert_frame_equal(cached.metrics, plain.metrics, check_exact=False, rtol=1e-5, atol=1e-7)
     assert cached.samples.score.to_numpy() == pytest.approx(plain.samples.score.to_numpy(), rel=1e-5)
+
+
+def test_gpu_bench_runs_its_cpu_check_and_refuses_without_cuda(tmp_path):
+    """bench/gpu.py is only timed on a GPU; here its code path runs on tiny models (no timing is asserted)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "bench" / "gpu.py"
+    out = tmp_path / "gpu.md"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run([sys.executable, str(script), "--cpu-check", "--methods", "ssvp", "--batch", "2", "--repeats", "1",
+                          "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = out.read_text()
+    assert text.startswith("CPU check on tiny random models") and "Device: cpu" in text
+    for column in ("ms/img", "img/s", "peak memory (MiB)", "precision", "batch"):
+        assert column in text
+    assert "| ssvp " in text and "|       2 |" in text
+    refused = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 2 and "needs a CUDA device" in refused.stderr
