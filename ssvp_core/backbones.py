@@ -180,11 +180,19 @@ class ClipBackbone(nn.Module):
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """ln_post then proj: tokens of any block into the joint image-text space."""
         visual = self.model.visual
-        return visual.ln_post(tokens) @ visual.proj
+        return visual.ln_post(self._weights_dtype(tokens)) @ visual.proj
 
     def project_no_ln(self, tokens: torch.Tensor) -> torch.Tensor:
         """proj without ln_post (AnomalyCLIP / ViP2-CLIP's global-feature convention)."""
-        return tokens @ self.model.visual.proj
+        return self._weights_dtype(tokens) @ self.model.visual.proj
+
+    def _weights_dtype(self, tokens: torch.Tensor) -> torch.Tensor:
+        """bf16/fp16 tokens from an autocast block projected after it (AdaCLIP, DAPO do) meet the fp32 weights in
+        fp32; inside autocast the matmul is cast as usual."""
+        weights = self.model.visual.proj.dtype
+        if tokens.dtype != weights and not torch.is_autocast_enabled(tokens.device.type):
+            return tokens.to(weights)
+        return tokens
 
     # ---- text ---------------------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> torch.Tensor:

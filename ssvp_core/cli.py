@@ -16,12 +16,18 @@ def _add_data(sub) -> None:
     data = sub.add_parser("data", help="synthesize, verify, summarize or index benchmark datasets")
     dsub = data.add_subparsers(dest="data_cmd", required=True)
 
-    p = dsub.add_parser("synth", help="write the synthetic benchmark (MVTec layout) under OUT/synth-a and OUT/synth-b")
+    p = dsub.add_parser("synth", help="write the synthetic benchmark (MVTec layout) under OUT/synth-a and OUT/synth-b, "
+                                      "or with --replica miniature replicas of real benchmarks' layouts under OUT/<name>")
     p.add_argument("out")
+    p.add_argument("--replica", nargs="+", metavar="NAME",
+                   help="replicas of real layouts instead: mvtec visa btad mpdd dtd ksdd2 ksdd rsdd dagm mad-sim mad-real "
+                        "real-iad headct brainmri br35h isic colondb clinicdb endo kvasir, or all")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=192, help="image side in pixels")
-    p.add_argument("--n-test-good", type=int, default=6)
-    p.add_argument("--n-per-defect", type=int, default=4)
+    p.add_argument("--size", type=int, help="image side in pixels (default 192; replicas: long side, 64)")
+    p.add_argument("--n-test-good", type=int, help="normal test images per class (default 6; replicas 2)")
+    p.add_argument("--n-per-defect", type=int, help="anomalous test images per defect type (default 4; replicas 1)")
+    p.add_argument("--classes", type=int, help="replicas: the first N of each benchmark's real classes (default all)")
+    p.add_argument("--defect-types", type=int, help="replicas: the first N defect types per class (default all)")
     p.set_defaults(func=cmd_data_synth)
 
     p = dsub.add_parser("verify", help="list every problem of a dataset on disk (exit 1 if any)")
@@ -45,9 +51,18 @@ def _add_data(sub) -> None:
 
 
 def cmd_data_synth(args) -> int:
+    if args.replica:
+        from .data.replicas import ReplicaSize, ensure_replica, replica_names
+
+        size = ReplicaSize(classes=args.classes, defect_types=args.defect_types, per_defect=args.n_per_defect or 1,
+                           test_good=2 if args.n_test_good is None else args.n_test_good, size=args.size or 64)
+        for name in replica_names(args.replica):
+            print(f"{name}: {ensure_replica(name, Path(args.out) / name, args.seed, size)}")
+        return 0
     from .data.synthetic import generate
 
-    roots = generate(args.out, seed=args.seed, size=args.size, n_test_good=args.n_test_good, n_per_defect=args.n_per_defect)
+    roots = generate(args.out, seed=args.seed, size=args.size or 192, n_test_good=6 if args.n_test_good is None else args.n_test_good,
+                     n_per_defect=args.n_per_defect or 4)
     for name, root in roots.items():
         print(f"{name}: {root}")
     return 0
@@ -192,16 +207,30 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from .engine.predict import predict_folder
+    from .engine.runtime import dist_info
     from .engine.train import load_trained
 
+    if not dist_info().main:
+        return 0  # not sharded: under torchrun rank 0 alone writes the overlays and scores.csv
     detector, cfg = load_trained(args.checkpoint, device=args.device)
     print(predict_folder(detector, cfg, args.images, args.out, class_name=args.class_name))
     return 0
 
 
 def cmd_reproduce(args) -> int:
+    import os
+
+    from .engine.runtime import dist_info
     from .reports.runner import reproduce
 
+    if dist_info().enabled:
+        # the notebooks run in their own kernels, one process each: rank 0 alone runs them (without the torchrun
+        # variables, so no kernel waits for a process group) and writes the reports
+        if not dist_info().main:
+            return 0
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
+                    "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+            os.environ.pop(key, None)
     index = reproduce(args.profile, only=args.only, jobs=args.jobs, overrides=args.set, force=args.force,
                       reports_dir=args.reports)
     import json
@@ -224,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("eval", cmd_eval, "evaluate a method (trained checkpoint or training-free) per class")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--method", default="ssvp" if name == "train" else None)
-        p.add_argument("--profile", default="smoke", help="preset: smoke | paper | path to a YAML file")
+        p.add_argument("--profile", default="smoke", help="preset: smoke | paper | rehearsal | path to a YAML file")
         p.add_argument("--train-on", help="auxiliary dataset: NAME or NAME=ROOT (roots default to the preset's)")
         p.add_argument("--eval-on", nargs="+", help="target datasets: NAME or NAME=ROOT ...")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.epochs=3 options.gamma=0.4")
@@ -244,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("reproduce", help="run the notebooks (papermill) and build reports/<profile>/index.html")
-    p.add_argument("--profile", default="smoke", help="smoke (tiny models, synthetic data) | paper | a preset YAML")
+    p.add_argument("--profile", default="smoke", help="smoke (tiny models, synthetic data) | rehearsal (the paper's settings on tiny models and "
+                                                             "replicas of the real layouts) | paper | a preset YAML")
     p.add_argument("--only", nargs="+", help="notebook names (default: all): table1 table2 table3 table4 table5 "
                                              "qualitative tsne sensitivity efficiency vip2clip dapo")
     p.add_argument("--jobs", type=int, default=1, help="notebooks run at once")

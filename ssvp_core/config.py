@@ -59,10 +59,19 @@ class BackboneConfig:
 
 
 @dataclass
+class DatasetRef:
+    name: str
+    root: str
+    classes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrainConfig:
     dataset: str = "visa"  # auxiliary dataset; its test split is the training data (SSVP.md §11 #15)
     root: str = "data/visa"
     classes: list[str] = field(default_factory=list)  # empty = all
+    # further auxiliary datasets whose test splits join the training data (AdaCLIP trains on MVTec-AD + ColonDB)
+    extra: list[DatasetRef] = field(default_factory=list)
     epochs: int = 15
     batch_size: int = 8
     lr_prompt: float = 5e-4  # learnable prompt embeddings
@@ -83,13 +92,6 @@ class TrainConfig:
     feature_cache_dir: str = ""  # "" = <out_dir>/features
     feature_cache_ram_gb: float = 4.0  # caches up to this size are read into memory, larger ones memory-mapped
     feature_cache_max_gb: float = 500.0  # a cache larger than this is not written (the run goes on without it)
-
-
-@dataclass
-class DatasetRef:
-    name: str
-    root: str
-    classes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -131,6 +133,8 @@ class RunConfig:
                     "feature_cache_max_gb"):
             d["train"].pop(key)
         d["backbone"].pop("compile")
+        if not d["train"]["extra"]:
+            d["train"].pop("extra")  # single-source runs keep the fingerprints they had before `extra` existed
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -150,8 +154,8 @@ def from_dict(cls, data: dict | None, where: str = "config"):
     hints = _type_hints(cls)
     for name, value in data.items():
         t = hints.get(name)
-        if name == "datasets" and cls is EvalConfig:
-            kwargs[name] = [from_dict(DatasetRef, v, f"{where}.datasets") for v in value]
+        if (name, cls) in (("datasets", EvalConfig), ("extra", TrainConfig)):
+            kwargs[name] = [from_dict(DatasetRef, v, f"{where}.{name}") for v in value or []]
         elif dataclasses.is_dataclass(t):
             kwargs[name] = from_dict(t, value, f"{where}.{name}")
         elif isinstance(value, list) and typing.get_origin(t) is tuple:
@@ -232,6 +236,11 @@ def load_preset(profile: str) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    base = data.pop("base", None)
+    if base:  # a preset derived from another: its keys are merged over the base's (lists and scalars replace)
+        parent = load_preset(base if not Path(base).suffix else str(path.parent / base))
+        parent.pop("profile", None)
+        data = deep_merge(parent, data)
     data.setdefault("profile", path.stem)
     return data
 

@@ -95,11 +95,14 @@ def test_torchrun_ddp_training_and_sharded_evaluation(synth_root, tmp_path):
               "--train-on", f"synth-a={synth_root / 'synth-a'}", "--eval-on", f"synth-b={synth_root / 'synth-b'}"]
     ddp = _torchrun(["train", "--method", "ssvp", *common, "--set", "train.epochs=1", "--set", "train.batch_size=4"])
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    path = Path(ddp.stdout.strip().splitlines()[-1])
+    lines = ddp.stdout.strip().splitlines()
+    assert len(lines) == 1, ddp.stdout  # rank 0 alone prints the checkpoint
+    path = Path(lines[0])
     payload = ckpt.load(path)
     assert payload["state"]["complete"] and payload["state"]["global_step"] > 0
     sharded = _torchrun(["eval", "--checkpoint", str(path), *common, "--out", str(tmp_path / "sharded.csv")])
     assert sharded.returncode == 0, sharded.stderr[-3000:]
+    assert sharded.stdout.count("image_auroc") == 1, sharded.stdout  # rank 0 alone prints the merged table
     assert main(["eval", "--checkpoint", str(path), *common, "--out", str(tmp_path / "single.csv")]) == 0
     a, b = pd.read_csv(tmp_path / "sharded.csv"), pd.read_csv(tmp_path / "single.csv")
     # shards form other batches, so maps can differ in the last float bits; a 200-threshold AUPRO may move by ~1e-5
@@ -126,3 +129,13 @@ def test_cli_train_eval_predict(synth_root, tmp_path, capsys):
     assert len(scores) == 3 and scores.score.between(0, 1).all()
     assert len(list((tmp_path / "pred" / "overlays").glob("*.png"))) == 3
     assert main(["predict", str(tmp_path / "empty-dir"), "--checkpoint", str(path), "--out", str(tmp_path / "p2")]) == 2
+
+
+def test_only_rank_0_writes_reports_and_predictions(tmp_path, monkeypatch, capsys):
+    """Under torchrun the other ranks of `reproduce` and `predict` exit at once: no second writer of the same files."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--profile", "smoke", "--only", "tsne"]) == 0
+    assert main(["predict", str(tmp_path), "--checkpoint", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "out")]) == 0
+    assert list(tmp_path.iterdir()) == [] and capsys.readouterr().out == ""

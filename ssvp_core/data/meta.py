@@ -3,7 +3,9 @@
     {"train": {cls: [entry, ...]}, "test": {cls: [entry, ...]}}
     entry = {"img_path", "mask_path" ("" for normals), "cls_name", "specie_name", "anomaly" (0/1)}
 
-Paths are relative to the dataset root.
+Paths are relative to the dataset root (AnomalyCLIP's own scripts write them prefixed with the root they were run
+with: "./images/..." or absolute paths, which resolve the same way). Image-level-only sets (HeadCT, BrainMRI, Br35H)
+have no mask for any image: their anomalous entries are read without masks, so their pixel metrics are undefined.
 """
 from __future__ import annotations
 
@@ -38,6 +40,9 @@ def scan_meta(root: Path, split: str = "test", dataset: str = "meta", meta_path:
     for cls, entries in section.items():
         if not entries:
             result.add("empty-class", meta_path, f"class {cls!r} has no entries in {split!r}")
+        # image-level-only sets (HeadCT, BrainMRI, Br35H) give no mask for any anomalous image: their anomalies are
+        # read without masks (pixel metrics then come out undefined); a class with some masks must have them all
+        image_level = not any(e.get("mask_path") for e in entries if isinstance(e, dict))
         for i, e in enumerate(entries):
             missing = [k for k in ENTRY_KEYS if k not in e]
             if missing:
@@ -49,7 +54,7 @@ def scan_meta(root: Path, split: str = "test", dataset: str = "meta", meta_path:
                 continue
             label = int(e["anomaly"])
             mask = root / e["mask_path"] if e["mask_path"] else None
-            if label == 1 and (mask is None or not mask.is_file()):
+            if label == 1 and not image_level and (mask is None or not mask.is_file()):
                 result.add("missing-mask", image, f"anomalous entry without mask file ({e['mask_path'] or 'empty mask_path'})")
                 continue
             defect = e["specie_name"] or (NORMAL if label == 0 else "anomaly")

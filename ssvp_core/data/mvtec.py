@@ -8,7 +8,9 @@ Masks are paired with images by name (stem + one of `mask_suffixes`), never by s
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Callable
 
 from .images import IMAGE_SUFFIXES, list_images
 from .records import NORMAL, Sample, ScanResult
@@ -44,6 +46,7 @@ def scan_mvtec_layout(
     normal_dir: str = NORMAL,
     mask_suffixes: tuple[str, ...] = ("_mask", ""),
     gt_dir_name: str = "ground_truth",
+    class_name: Callable[[str], str] | None = None,
 ) -> ScanResult:
     root = Path(root)
     result = ScanResult()
@@ -56,7 +59,7 @@ def scan_mvtec_layout(
         )
         return result
     for cdir in classes:
-        cls = cdir.name
+        cls = class_name(cdir.name) if class_name else cdir.name
         split_dir = cdir / split
         if not split_dir.is_dir():
             result.add("layout", split_dir, f"class {cls!r} has no {split}/ folder")
@@ -86,6 +89,11 @@ def scan_mvtec_layout(
         if len(result.samples) == before:
             result.add("empty-class", split_dir, f"class {cls!r} has no images in {split}/")
     return result
+
+
+def strip_number_prefix(folder: str) -> str:
+    """MAD-Sim's class folders carry their index ("02Unicorn"); the object is the name without it."""
+    return re.sub(r"^\d+", "", folder) or folder
 
 
 def _orphan_masks(cdir: Path, gt_dir_name: str, normal_dir: str, suffixes: tuple[str, ...], result: ScanResult) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from .meta import scan_meta
-from .mvtec import scan_mvtec_layout
+from .mvtec import scan_mvtec_layout, strip_number_prefix
 from .realiad import scan_realiad
 from .records import Sample, ScanResult, raise_if_problems, require_nonempty
 from .surface import scan_dagm, scan_ksdd, scan_ksdd2, scan_rsdd
@@ -33,7 +33,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("ksdd", "KolektorSDD (v1)", scan_ksdd, "https://www.vicos.si/resources/kolektorsdd/ (or the AnomalyCLIP / AdaCLIP processed copy)"),
     Benchmark("rsdd", "RSDD", scan_rsdd, "RSDDs (Type-I/II) (or Bayes-PFL DATA_three)"),
     Benchmark("dagm", "DAGM 2007", scan_dagm, "Kaggle 'DAGM 2007 competition dataset' (or Bayes-PFL DATA_three)"),
-    Benchmark("mad-sim", "MAD-Sim (PAD, 20 LEGO animals, simulated)", scan_mvtec_layout, "https://github.com/EricLee0224/PAD"),
+    Benchmark("mad-sim", "MAD-Sim (PAD, 20 LEGO animals, simulated)", partial(scan_mvtec_layout, class_name=strip_number_prefix),
+              "https://github.com/EricLee0224/PAD (class folders 01Gorilla ... 20Puppy)"),
     Benchmark("mad-real", "MAD-Real (PAD, 10 LEGO animals, real)", scan_mvtec_layout, "https://github.com/EricLee0224/PAD"),
     Benchmark("real-iad", "Real-IAD (30 objects)", scan_realiad, "https://realiad4ad.github.io/Real-IAD/ (realiad_1024 + realiad_jsons)"),
     Benchmark("meta", "any dataset with an AnomalyCLIP-style meta.json", scan_meta, "meta.json at the root"),

@@ -32,7 +32,15 @@ def check_sample(sample: Sample, result: ScanResult) -> None:
         result.add("size-mismatch", sample.mask,
                    f"mask is {mask_size[0]}x{mask_size[1]} but its image {sample.image.name} is {size[0]}x{size[1]}; "
                    "regenerate the mask at the image's size")
-    if sample.mask_mode == "binary":
+    # JPEG masks (RSDD's GroundTruth, Kvasir-SEG's masks are published so) carry compression noise around 0 and 255;
+    # the loader thresholds them at half the maximum, so only a lossless mask with several values is a problem
+    lossy = sample.mask.suffix.lower() in (".jpg", ".jpeg")
+    if sample.mask_mode == "binary" and lossy:
+        if mask.ndim == 3:
+            mask = mask[..., :3].max(axis=-1)
+        if not (mask > mask.max() / 2).any():
+            result.add("empty-mask", sample.mask, "anomalous image with an all-zero mask; fix the mask or move the image to the normal folder")
+    elif sample.mask_mode == "binary":
         if mask.ndim == 3:
             mask = mask[..., :3].max(axis=-1)
         values = np.unique(mask)

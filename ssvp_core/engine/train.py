@@ -117,6 +117,8 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
         raise ConfigError(f"method {cfg.method!r} is training-free; evaluate it directly (ssvp eval)")
     detector.to(device)
     samples = read_dataset(cfg.train.dataset, cfg.train.root, "test", cfg.train.classes or None)
+    for ref in cfg.train.extra:
+        samples += read_dataset(ref.name, ref.root, "test", ref.classes or None)
     batch_size = cfg.train.batch_size
     if batch_size % info.world:
         raise ConfigError(f"train.batch_size={batch_size} must be divisible by the number of processes ({info.world})")

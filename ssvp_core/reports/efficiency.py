@@ -20,12 +20,11 @@ import json, resource, statistics, sys, time, torch
 from torch.utils.flop_counter import FlopCounterMode
 from ssvp_core.config import load_config
 from ssvp_core.methods import build_detector
-profile, method, device, repeats, overrides = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5])
-n = int(sys.argv[6])
+profile, method, device, repeats, overrides, dataset = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5]), sys.argv[6]
+n = int(sys.argv[7])
 cfg = load_config(profile, method, overrides + [f"device={device}"])
 det = build_detector(cfg).to(device).eval()
 size = det.image_size
-dataset = "synth-a" if profile == "smoke" else "mvtec"
 def make_batch(n):
     return {"image": torch.rand(n, 3, size, size, device=device), "cls": ["object"] * n, "dataset": [dataset] * n,
             "views": {s: torch.rand(n, 3, s, s, device=device) for s in det.input_sizes() if s != size}}
@@ -57,11 +56,14 @@ print(json.dumps({"method": method, "total_params_M": counts["total"] / 1e6, "tr
 
 def measure(profile: str, methods: list[str], device: str = "cpu", repeats: int = 3, overrides: list[str] | None = None,
             batch: int = 1) -> pd.DataFrame:
+    from .experiments import section
+
     rows = []
+    dataset = section(profile, "main_target", "mvtec")  # names the defect vocabulary DAPO's prompts are built for
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     for method in methods:
         proc = subprocess.run([sys.executable, "-c", _CHILD, profile, method, device, str(repeats), json.dumps(overrides or []),
-                               str(batch)], capture_output=True, text=True, env=env)
+                               dataset, str(batch)], capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"measuring {method} failed:\n{proc.stderr[-2000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))

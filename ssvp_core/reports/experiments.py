@@ -1,6 +1,7 @@
 """Cached experiments for the notebooks: a model is trained once per configuration (the engine's run folders are
 named by config fingerprint) and evaluated once per (model, dataset, evaluation settings); re-running a notebook
-reuses both. The papers' cross-domain protocol decides the auxiliary dataset of every target (preset `protocol`).
+reuses both. Each method's own paper decides the auxiliary dataset of every target (preset `protocol`: SSVP trains
+on VisA for every target but VisA, AnomalyCLIP-style papers on MVTec-AD for every target but MVTec-AD).
 """
 from __future__ import annotations
 
@@ -32,16 +33,59 @@ def dataset_root(profile: str, name: str) -> str:
     return (preset(profile).get("datasets") or {}).get(name, f"data/{name}")
 
 
-def protocol_source(profile: str, target: str) -> str:
-    """The auxiliary (training) dataset for a target under the profile's protocol."""
-    for rule in preset(profile).get("protocol") or []:
+WILDCARD = "*"
+
+
+def protocol(profile: str, method: str | None = None) -> dict:
+    """{"source": where the mapping comes from, "rules": [{"train": [names], "eval": [names or "*"]}]} for a method.
+
+    The preset's `protocol` is either one rule list for every method (smoke) or a mapping method -> {source, rules}
+    with a `default` entry (paper, rehearsal: each paper's own auxiliary data, see paper.yaml)."""
+    spec = preset(profile).get("protocol") or []
+    if isinstance(spec, dict):
+        entry = spec.get(method) or spec.get("default")
+        if entry is None:
+            raise ConfigError(f"profile {profile!r} has no protocol for method {method!r} and no `default` under `protocol:`")
+        source, rules = entry.get("source", ""), entry.get("rules") or []
+    else:
+        source, rules = "", spec
+    rules = [{"train": [r["train"]] if isinstance(r["train"], str) else list(r["train"]), "eval": list(r["eval"])}
+             for r in rules]
+    return {"source": source, "rules": rules}
+
+
+def protocol_sources(profile: str, target: str, method: str | None = None) -> list[str]:
+    """The auxiliary (training) datasets behind `method`'s numbers on `target`: a rule naming the target wins over
+    a wildcard rule."""
+    rules = protocol(profile, method)["rules"]
+    for rule in rules:
         if target in rule["eval"]:
             return rule["train"]
-    raise ConfigError(f"profile {profile!r} has no protocol rule for target {target!r}; add it under `protocol:`")
+    for rule in rules:
+        if WILDCARD in rule["eval"]:
+            return rule["train"]
+    raise ConfigError(f"profile {profile!r} has no protocol rule for target {target!r}"
+                      f"{f' and method {method!r}' if method else ''}; add it under `protocol:`")
+
+
+def protocol_source(profile: str, target: str, method: str | None = None) -> str:
+    """The auxiliary dataset whose test split trains `method` for `target` (the first, when datasets are pooled)."""
+    return protocol_sources(profile, target, method)[0]
+
+
+def trained_on(profile: str, method: str, target: str) -> str:
+    """What the report says produced a number: "visa", "mvtec+colondb", or "none" for training-free methods."""
+    if not method_spec(method).trainable:
+        return "none (training-free)"
+    return "+".join(protocol_sources(profile, target, method))
 
 
 def targets(profile: str) -> list[str]:
-    return [t for rule in preset(profile).get("protocol") or [] for t in rule["eval"]]
+    """Every target a protocol rule names explicitly (any method), in order."""
+    spec = preset(profile).get("protocol") or []
+    methods = list(spec) if isinstance(spec, dict) else [None]
+    names = [t for m in methods for rule in protocol(profile, m)["rules"] for t in rule["eval"] if t != WILDCARD]
+    return list(dict.fromkeys(names))
 
 
 def paper_dataset(profile: str, name: str) -> str:
@@ -54,19 +98,30 @@ def section(profile: str, key: str, default=None):
 
 
 def ensure_profile_data(profile: str) -> None:
-    """Generate the profile's synthetic benchmark (preset `synthetic`) if it is not on disk yet; real datasets are
-    the user's to bring."""
+    """Generate the profile's synthetic benchmark (preset `synthetic`) or its replicas of the real layouts (preset
+    `replicas`: every dataset of the preset that has one) if they are not on disk yet; real datasets are the user's
+    to bring."""
     synthetic = section(profile, "synthetic")
     if synthetic is not None:
         from ..synthdata import ensure_synthetic
 
         ensure_synthetic(Path(dataset_root(profile, "synth-a")).parent, **synthetic)
+    replicas = section(profile, "replicas")
+    if replicas is not None:
+        from ..data.replicas import REPLICAS, ReplicaSize, ensure_replicas
+
+        settings = dict(replicas)
+        seed = settings.pop("seed", 0)
+        roots = {name: root for name, root in (section(profile, "datasets") or {}).items() if name in REPLICAS}
+        ensure_replicas(roots, seed, ReplicaSize(**settings))
 
 
 def run_config(profile: str, method: str, target: str, overrides: tuple[str, ...] = (), seed: int | None = None) -> RunConfig:
-    source = protocol_source(profile, target)
+    source, *extra = protocol_sources(profile, target, method)
     base = [f"train.dataset={source}", f"train.root={dataset_root(profile, source)}",
             f"eval.datasets=[{{name: {target}, root: '{dataset_root(profile, target)}'}}]"]
+    if extra:
+        base.append("train.extra=[" + ", ".join(f"{{name: {n}, root: '{dataset_root(profile, n)}'}}" for n in extra) + "]")
     if seed is not None:
         base.append(f"train.seed={seed}")
     return load_config(profile, method, base + list(overrides))

@@ -46,9 +46,11 @@ class Page:
 
             torch.set_num_threads(int(threads))
         experiments.ensure_profile_data(profile)
-        if profile == "smoke":
-            self.manifest["notes"].append(SMOKE_BANNER)
-            _display(Markdown(f"**{SMOKE_BANNER}**"))
+        banner = SMOKE_BANNER if profile == "smoke" else experiments.section(profile, "banner")
+        if banner:
+            self.manifest["notes"].append(banner)
+            self.manifest["banner"] = banner
+            _display(Markdown(f"**{banner}**"))
         self._write_manifest()
 
     def _write_manifest(self) -> None:
@@ -107,6 +109,19 @@ def _main_target(profile: str) -> str:
     return experiments.section(profile, "main_target", "mvtec")
 
 
+def _protocol_note(page: Page, frame: pd.DataFrame) -> None:
+    """Which auxiliary dataset trained each method behind the page's numbers (tables.protocol_note)."""
+    text = tables.protocol_note(frame)
+    if text:
+        page.note(text)
+
+
+def _trained_note(page: Page, profile: str, methods: list[str], targets: list[str]) -> None:
+    """The protocol note for pages whose figures (not tables) come from trained models."""
+    rows = [{"method": m, "dataset": t, "trained_on": experiments.trained_on(profile, m, t)} for m in methods for t in targets]
+    _protocol_note(page, pd.DataFrame(rows))
+
+
 def _image_and_pixel(page: Page, name: str, title: str, frame: pd.DataFrame, image_metrics, pixel_metrics) -> None:
     """Both papers split their Table 1 into an image-level and a pixel-level half, one row per (dataset, method)."""
     page.table(f"{name}_image", f"{title} (image level)", tables.wide(frame, ["dataset", "method"], list(image_metrics)), frame)
@@ -116,6 +131,7 @@ def _image_and_pixel(page: Page, name: str, title: str, frame: pd.DataFrame, ima
 def table1(profile="smoke", out_dir="reports/smoke/table1", datasets=None, methods=None, overrides=(), device="auto"):
     page = Page("table1", profile, out_dir, overrides, device)
     frame = tables.table1(profile, _datasets(profile, datasets, "table1_datasets"), methods, page.overrides)
+    _protocol_note(page, frame)
     page.note("Image level: (AUROC, F1-max, AP); pixel level: (AUROC, PRO, AP). Reproduced and paper values in %, "
               "delta = reproduced - paper. PRO = cflow-ad 200-threshold AUPRO as in the papers; `pixel_aupro` is the "
               "exact MVTec AUPRO (no paper value). Paper: SSVP v2 Table 1.")
@@ -126,6 +142,7 @@ def table1(profile="smoke", out_dir="reports/smoke/table1", datasets=None, metho
 def table2(profile="smoke", out_dir="reports/smoke/table2", dataset=None, methods=None, overrides=(), device="auto"):
     page = Page("table2", profile, out_dir, overrides, device)
     frame = tables.table2(profile, dataset or _main_target(profile), methods, page.overrides)
+    _protocol_note(page, frame)
     page.table("table2", "Table 2: class-wise image-level (IL) and pixel-level (PL) AUROC",
                tables.wide(frame, ["cls", "method"], ["image_auroc", "pixel_auroc"]), frame)
     return frame
@@ -135,6 +152,7 @@ def table3(profile="smoke", out_dir="reports/smoke/table3", dataset=None, seeds=
     page = Page("table3", profile, out_dir, overrides, device)
     seeds = list(seeds or experiments.section(profile, "ablation_seeds", [111, 222, 333]))
     frame = tables.table3(profile, dataset or _main_target(profile), seeds, page.overrides)
+    _protocol_note(page, frame)
     page.note(f"Mean ± std over seeds {seeds}. A = Bayes-PFL (the paper's re-run baseline); B-E = SSVP with the "
               "listed switches (B: naive concat fusion; C: ATF; D: + VCPG; E: full).")
     shown = frame.pivot_table(index=["model", "switches"], columns="metric", values=["reproduced", "std", "paper", "paper_std", "delta"], sort=False)
@@ -145,7 +163,9 @@ def table3(profile="smoke", out_dir="reports/smoke/table3", dataset=None, seeds=
 
 def table4(profile="smoke", out_dir="reports/smoke/table4", dataset=None, overrides=(), device="auto"):
     page = Page("table4", profile, out_dir, overrides, device)
-    frame = tables.table4(profile, dataset or _main_target(profile), page.overrides)
+    target = dataset or _main_target(profile)
+    frame = tables.table4(profile, target, page.overrides)
+    _trained_note(page, profile, ["ssvp"], [target])
     page.note("TIR-FG (Eq. 23, higher is better) and SCD (Eq. 24, lower is better), raw values. Baseline (Identity) = "
               "SSVP without HSVS, VCPG and VTAM; t_static = the handcrafted prompt 'a photo of a normal/damaged <class>.'")
     page.table("table4", "Table 4: semantic-visual alignment", frame.set_index(["metric", "method"]), frame)
@@ -155,6 +175,7 @@ def table4(profile="smoke", out_dir="reports/smoke/table4", dataset=None, overri
 def table5(profile="smoke", out_dir="reports/smoke/table5", dataset=None, overrides=(), device="auto"):
     page = Page("table5", profile, out_dir, overrides, device)
     frame = tables.table5(profile, dataset or _main_target(profile), page.overrides)
+    _protocol_note(page, frame)
     if profile == "smoke":
         page.note("Smoke: tiny random stand-ins of each auxiliary backbone family (same timm classes, small widths).")
     page.table("table5", "Table 5: auxiliary visual backbone", tables.wide(frame, ["method"], ["image_auroc", "pixel_auroc"]), frame)
@@ -168,6 +189,7 @@ def qualitative(profile="smoke", out_dir="reports/smoke/qualitative", dataset=No
     fig3_classes = experiments.section(profile, "figure3_classes")
     picks = experiments.pick_samples(profile, target, 1, fig3_classes)
     outs = {m: experiments.sample_outputs(profile, m, target, picks, page.overrides) for m in ("adaclip", "bayes_pfl", "ssvp")}
+    _trained_note(page, profile, list(outs), [target, *(other_datasets or experiments.section(profile, "figure5_datasets", []))])
     names = {"adaclip": "AdaCLIP", "bayes_pfl": "Bayes-PFL", "ssvp": "SSVP"}
     ref = outs["ssvp"]
     page.figure("figure3", "Figure 3: qualitative comparison",
@@ -188,6 +210,7 @@ def tsne(profile="smoke", out_dir="reports/smoke/tsne", dataset=None, overrides=
 
     page = Page("tsne", profile, out_dir, overrides, device)
     target = dataset or experiments.section(profile, "figure6_dataset", "btad")
+    _trained_note(page, profile, ["ssvp"], [target])
     panels = {}
     for label, extra in (("Baseline", tables.IDENTITY_BASELINE), ("SSVP", ())):
         vectors, labels = prompt_embeddings(profile, target, extra + page.overrides)
@@ -204,6 +227,7 @@ def sensitivity(profile="smoke", out_dir="reports/smoke/sensitivity", dataset=No
     xis = list(xis or grid.get("xi", [0.70, 0.75, 0.80, 0.85, 0.90, 0.95]))
     g = tables.sensitivity(profile, "gamma", gammas, target, page.overrides)
     x = tables.sensitivity(profile, "xi", xis, target, page.overrides)
+    _protocol_note(page, g)
     page.table("figure7_data", "Figure 7 data (gamma)", g.pivot_table(index="value", columns="metric", values="reproduced"), g)
     page.table("figure8_data", "Figure 8 data (xi)", x.pivot_table(index="value", columns="metric", values="reproduced"), x)
     page.figure("figure7", "Figure 7: sensitivity to the balance factor gamma (paper peak 0.5)", figures.sensitivity_plot(g, "gamma", "γ", 0.5))
@@ -216,7 +240,7 @@ def efficiency(profile="smoke", out_dir="reports/smoke/efficiency", methods=None
     page = Page("efficiency", profile, out_dir, overrides, "auto")
     methods = list(methods or ["winclip", "aprilgan", "anomalyclip", "adaclip", "bayes_pfl", "vip2clip", "dapo", "ssvp"])
     frame = measure(profile, methods, "cuda" if device == "auto" and _cuda() else (device if device != "auto" else "cpu"),
-                    overrides=list(overrides))
+                    repeats=experiments.section(profile, "efficiency_repeats", 3), overrides=list(overrides))
     page.note("Not in the paper. One image per forward pass; GFLOPs count matrix products and convolutions "
               "(torch.utils.flop_counter); peak memory is the process's peak RSS on CPU or peak allocated memory on GPU.")
     page.table("efficiency", "Efficiency per method", frame.set_index("method"), frame)
@@ -232,6 +256,7 @@ def _cuda() -> bool:
 def vip2clip(profile="smoke", out_dir="reports/smoke/vip2clip", datasets=None, methods=None, overrides=(), device="auto"):
     page = Page("vip2clip", profile, out_dir, overrides, device)
     frame = tables.vip2clip_table(profile, _datasets(profile, datasets, "vip2clip_datasets"), methods, page.overrides)
+    _protocol_note(page, frame)
     page.note("ViP2-CLIP's Table 1 layout: image (AUROC, AP, F1-max), pixel (AUROC, PRO, F1-max). Paper values from the "
               "ViP2-CLIP README tables; its medical Table 2 needs datasets with a meta.json (reader `meta`), listed in "
               "the paper preset's `vip2clip_medical` when present.")
@@ -244,6 +269,7 @@ def vip2clip(profile="smoke", out_dir="reports/smoke/vip2clip", datasets=None, m
                   + ", ".join(f"{ds} ({experiments.dataset_root(profile, ds)})" for ds in medical if ds not in present) + ".")
     if present:
         med = tables.vip2clip_table(profile, present, methods, page.overrides, table="Table 2")
+        _protocol_note(page, med)
         page.table("vip2clip_medical", "ViP2-CLIP Table 2 (medical)", tables.wide(med, ["dataset", "method"]), med)
     return frame
 
@@ -253,6 +279,7 @@ def dapo(profile="smoke", out_dir="reports/smoke/dapo", datasets=None, overrides
 
     page = Page("dapo", profile, out_dir, overrides, device)
     binary, objects, types = tables.dapo_tables(profile, _datasets(profile, datasets, "dapo_datasets"), page.overrides)
+    _protocol_note(page, binary)
     claims = reported("DAPO")
     page.note("DAPO's result tables could not be retrieved; its abstract claims are listed below. Multi-type "
               "segmentation: per object, macro one-vs-rest pixel AUROC / AP and argmax F1 over normal + that object's "

@@ -22,12 +22,23 @@ table{border-collapse:collapse}td,th{padding:2px 6px}img{max-width:100%;border:1
 section{margin-top:28px;border-top:1px solid #ccc}"""
 
 
+def _preset_banner(profile: str) -> str:
+    from ..errors import ConfigError
+    from .experiments import section
+
+    try:
+        return section(profile, "banner") or ""
+    except ConfigError:  # a profile whose preset is gone still gets its index
+        return ""
+
+
 def build_index(report_dir: Path, profile: str, status: dict) -> Path:
     report_dir = Path(report_dir)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ssvp reports: {profile}</title><style>{CSS}</style></head><body>",
              f"<h1>SSVP reproduction: {html.escape(profile)} profile</h1>"]
-    if profile == "smoke":
-        parts.append(f"<p class='banner'>{html.escape(SMOKE_BANNER)}</p>")
+    banner = SMOKE_BANNER if profile == "smoke" else _preset_banner(profile)
+    if banner:
+        parts.append(f"<p class='banner'>{html.escape(banner)}</p>")
     parts.append("<table border='1'><tr><th>notebook</th><th>status</th><th>seconds</th><th>finished</th><th>error</th></tr>")
     for name in PAGES:
         st = status.get(name)
@@ -46,7 +57,7 @@ def build_index(report_dir: Path, profile: str, status: dict) -> Path:
             parts.append(f"<p class='failed'>The last run failed ({html.escape(status[name]['error'])}); these are the "
                          "outputs of the last successful run.</p>")
         for note in manifest.get("notes", []):
-            cls = "banner" if note == SMOKE_BANNER else ""
+            cls = "banner" if note in (SMOKE_BANNER, manifest.get("banner")) else ""
             parts.append(f"<p class='{cls}'>{html.escape(note)}</p>")
         for t in manifest.get("tables", []):
             fragment = (report_dir / name / t["html"]).read_text() if (report_dir / name / t["html"]).is_file() else ""

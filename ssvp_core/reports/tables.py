@@ -53,9 +53,10 @@ def comparison(profile: str, datasets: list[str], methods: list[str], metrics: l
     for ds in datasets:
         for method in methods:
             ev = experiments.evaluation(profile, method, ds, overrides)
+            source = experiments.trained_on(profile, method, ds)
             for metric in metrics:
                 rows.append(_row(ds, "mean", method, metric, ev.mean(metric),
-                                 _paper_value(paper, experiments.paper_dataset(profile, ds), method, metric)))
+                                 _paper_value(paper, experiments.paper_dataset(profile, ds), method, metric), trained_on=source))
     return pd.DataFrame(rows)
 
 
@@ -72,9 +73,11 @@ def table2(profile: str, dataset: str = "mvtec", methods: list[str] | None = Non
     rows = []
     for method in methods:
         m = experiments.evaluation(profile, method, dataset, overrides).metrics
+        source = experiments.trained_on(profile, method, dataset)
         for metric in ("image_auroc", "pixel_auroc"):
             for _, r in m[m.metric == metric].iterrows():
-                rows.append(_row(dataset, r.cls, method, metric, r.value, _paper_value(paper, paper_ds, method, metric, r.cls)))
+                rows.append(_row(dataset, r.cls, method, metric, r.value, _paper_value(paper, paper_ds, method, metric, r.cls),
+                                 trained_on=source))
     return pd.DataFrame(rows)
 
 
@@ -90,7 +93,8 @@ def table3(profile: str, dataset: str = "mvtec", seeds: list[int] | None = None,
             rows.append({"model": model, "method": method, "switches": " ".join(extra) or "(defaults)", "metric": metric,
                          "reproduced": float(np.mean(values)), "std": float(np.std(values)), "seeds": len(seeds),
                          "paper": float(p.value.iloc[0]), "paper_std": float(p["std"].iloc[0]),
-                         "delta": float(np.mean(values)) - float(p.value.iloc[0])})
+                         "delta": float(np.mean(values)) - float(p.value.iloc[0]), "dataset": dataset,
+                         "trained_on": experiments.trained_on(profile, method, dataset)})
     return pd.DataFrame(rows)
 
 
@@ -129,7 +133,7 @@ def table5(profile: str, dataset: str = "mvtec", overrides: tuple[str, ...] = ()
         for metric in ("image_auroc", "pixel_auroc"):
             p = paper[(paper.method == f"ssvp[{entry.get('paper', label)}]") & (paper.metric == metric)].value
             rows.append(_row(dataset, "mean", label, metric, ev.mean(metric), float(p.iloc[0]) if len(p) else math.nan,
-                             params_M=entry.get("params_M")))
+                             params_M=entry.get("params_M"), trained_on=experiments.trained_on(profile, "ssvp", dataset)))
     return pd.DataFrame(rows)
 
 
@@ -140,7 +144,8 @@ def sensitivity(profile: str, parameter: str, values: list[float], dataset: str 
     for v in values:
         ev = experiments.evaluation(profile, "ssvp", dataset, (f"options.{parameter}={v}",) + tuple(overrides))
         for metric in ("image_auroc", "pixel_auroc", "pixel_aupro_legacy", "pixel_aupro"):
-            rows.append({"parameter": parameter, "value": v, "metric": metric, "reproduced": 100 * ev.mean(metric)})
+            rows.append({"parameter": parameter, "value": v, "metric": metric, "reproduced": 100 * ev.mean(metric),
+                         "dataset": dataset, "method": "ssvp", "trained_on": experiments.trained_on(profile, "ssvp", dataset)})
     return pd.DataFrame(rows)
 
 
@@ -160,11 +165,26 @@ def dapo_tables(profile: str, datasets: list[str] | None = None, overrides: tupl
     for ds in datasets:
         ev = experiments.evaluation(profile, "dapo", ds, overrides, multitype=True)
         for metric in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro_legacy", "pixel_aupro", "pixel_f1_max"):
-            binary.append({"dataset": ds, "metric": metric, "reproduced": 100 * ev.mean(metric)})
+            binary.append({"dataset": ds, "metric": metric, "reproduced": 100 * ev.mean(metric), "method": "dapo",
+                           "trained_on": experiments.trained_on(profile, "dapo", ds)})
         mt = ev.extra["multitype"]
         objects.append(mt["objects"].assign(dataset=ds))
         types.append(mt["types"].assign(dataset=ds))
     return pd.DataFrame(binary), pd.concat(objects, ignore_index=True), pd.concat(types, ignore_index=True)
+
+
+def protocol_note(frame: pd.DataFrame) -> str:
+    """One sentence per table saying which auxiliary dataset's test split trained each method behind its numbers."""
+    if "trained_on" not in frame or "method" not in frame:
+        return ""
+    parts = []
+    for method, group in frame.groupby("method", sort=False):
+        pairs = dict.fromkeys(zip(group["dataset"], group["trained_on"])) if "dataset" in group else {}
+        by_source: dict[str, list[str]] = {}
+        for target, source in pairs:
+            by_source.setdefault(source, []).append(target)
+        parts.append(f"{method}: " + "; ".join(f"{', '.join(t)} <- {s}" for s, t in by_source.items()))
+    return "Trained on (the auxiliary dataset's test split; target <- source): " + " | ".join(parts) + "."
 
 
 def wide(frame: pd.DataFrame, index: list[str], metrics: list[str] | None = None, columns: tuple[str, ...] = ("reproduced", "paper", "delta")) -> pd.DataFrame:
