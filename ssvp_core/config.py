@@ -1,8 +1,10 @@
 """Configuration as dataclasses, with the `paper` and `smoke` presets held as data (ssvp_core/configs/*.yaml).
 
 Resolution order for a run: dataclass defaults (the paper's settings) <- the method's own training, evaluation and
-backbone defaults (e.g. ViP2-CLIP trains 10 epochs, Bayes-PFL's code builds CLIP with exact GELU) <- the preset's `train`/`eval`/`backbone` sections <- the preset's per-method
-section <- command-line overrides (`key.sub=value`). Unknown keys are errors, never silently ignored.
+backbone defaults (e.g. ViP2-CLIP trains 10 epochs, Bayes-PFL's code builds CLIP with exact GELU), its training
+defaults for the chosen auxiliary dataset (APRIL-GAN: 15 epochs on VisA, 3 on MVTec) <- the preset's
+`train`/`eval`/`backbone` sections <- the preset's per-method section <- command-line overrides (`key.sub=value`).
+Unknown keys are errors, never silently ignored.
 """
 from __future__ import annotations
 
@@ -92,6 +94,9 @@ class TrainConfig:
     feature_cache_dir: str = ""  # "" = <out_dir>/features
     feature_cache_ram_gb: float = 4.0  # caches up to this size are read into memory, larger ones memory-mapped
     feature_cache_max_gb: float = 500.0  # a cache larger than this is not written (the run goes on without it)
+    # chance that a training item is replaced by a 2x2 mosaic of four images of its class (APRIL-GAN's --aug_rate,
+    # data/mosaic.py); 0 = off
+    mosaic: float = 0.0
 
 
 @dataclass
@@ -252,17 +257,23 @@ def load_config(profile: str = "paper", method: str = "ssvp", overrides: list[st
 
     preset = load_preset(profile)
     spec = method_spec(method)
-    merged: dict = {"profile": preset.get("profile", profile), "method": method}
-    merged = deep_merge(merged, {"train": spec.train_defaults, "eval": spec.eval_defaults, "backbone": spec.backbone_defaults})
-    for section in ("backbone", "train", "eval", "device", "out_dir", "image_size", "prompt_class_name"):
-        if section in preset:
-            merged = deep_merge(merged, {section: preset[section]})
-    per_method = (preset.get("methods") or {}).get(method) or {}
-    merged = deep_merge(merged, per_method)
-    if extra:
-        merged = deep_merge(merged, extra)
-    for o in overrides or []:
-        merged = deep_merge(merged, parse_override(o))
+    layers = [{section: preset[section]} for section in ("backbone", "train", "eval", "device", "out_dir", "image_size",
+                                                         "prompt_class_name") if section in preset]
+    layers.append((preset.get("methods") or {}).get(method) or {})
+    layers += [extra or {}] + [parse_override(o) for o in overrides or []]
+
+    def resolve(train_defaults: dict) -> dict:
+        merged: dict = {"profile": preset.get("profile", profile), "method": method}
+        merged = deep_merge(merged, {"train": train_defaults, "eval": spec.eval_defaults, "backbone": spec.backbone_defaults})
+        for layer in layers:
+            merged = deep_merge(merged, layer)
+        return merged
+
+    merged = resolve(spec.train_defaults)
+    # the method's defaults for the auxiliary dataset the layers above chose (they still override them)
+    dataset = str((merged.get("train") or {}).get("dataset", TrainConfig.dataset)).lower()
+    if dataset in spec.train_defaults_by_dataset:
+        merged = resolve(deep_merge(spec.train_defaults, spec.train_defaults_by_dataset[dataset]))
     cfg = from_dict(RunConfig, merged, f"config[{profile}/{method}]")
     spec.options_from(cfg.options)  # validate now, not deep inside model construction
     return cfg

@@ -5,13 +5,20 @@ A template is a sentence whose placeholder words ("X") mark learnable slots, e.g
 token embeddings of the tokenized template are computed once and cached; at every step the learnable vectors are
 written into the slot positions, in order, and the sequence goes through the text transformer, pooled at the
 end-of-text token and projected into the joint space. Gradients flow into the learnable vectors only.
+
+Also the hand-written compositional prompt ensembles (state words x templates) of APRIL-GAN and WinCLIP, each as its
+authors' code builds and averages it (`PromptEnsemble`, `EnsembleTextCache`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .backbones import ClipBackbone
+from .backbones import ClipBackbone, autocast_context
 
 PLACEHOLDER = "X"
 
@@ -73,11 +80,12 @@ def trunc_normal(shape: tuple[int, ...], std: float = 0.02, mean: float = 0.0) -
 
 
 def deep_token_hook(tokens: torch.Tensor, mode: str = "replace", alpha: float = 0.0, position: int = 1):
-    """A block hook for deep prompt tokens (VPT-deep / MaPLe style), shared by DAPO, AnomalyCLIP and AdaCLIP.
+    """A block hook for deep prompt tokens (VPT-deep / MaPLe style), shared by DAPO and AnomalyCLIP
+    (AdaCLIP's release appends and overwrites differently: methods/adaclip.py).
 
     tokens: (depth, n, W) or a per-sample (B, depth, n, W). Before block 0 the n tokens are inserted at `position`
-    (after SOT / CLS); before block j < depth the n slots are rewritten: `replace` puts tokens[j] there (AnomalyCLIP,
-    AdaCLIP), `blend` sets alpha * slot + (1 - alpha) * tokens[j] (DAPO's progressive update). Later blocks run as is.
+    (after SOT / CLS); before block j < depth the n slots are rewritten: `replace` puts tokens[j] there (AnomalyCLIP),
+    `blend` sets alpha * slot + (1 - alpha) * tokens[j] (DAPO's progressive update). Later blocks run as is.
     """
     depth = tokens.shape[-3]
     n = tokens.shape[-2]
@@ -98,10 +106,34 @@ def deep_token_hook(tokens: torch.Tensor, mode: str = "replace", alpha: float = 
     return hook
 
 
-# Compositional prompt ensemble of WinCLIP (CVPR 2023), reused by APRIL-GAN: state words x templates.
+# ---- Compositional prompt ensembles (WinCLIP, CVPR 2023 §4.1): state words x templates -------------------------------
+# State words of APRIL-GAN's prompt_ensemble.py (7 normal, 5 anomalous: WinCLIP's four plus "broken {}").
 NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect", "{} without damage")
 ANOMALOUS_STATES = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage")
-TEMPLATES = (
+
+
+@dataclass(frozen=True)
+class PromptEnsemble:
+    """Sentences `template.format(state.format(class_name))` for every state and template, and how their text
+    features become one feature per side: `mean="normalised"` normalises every sentence feature before the mean
+    (APRIL-GAN's prompt_ensemble.py), `mean="raw"` averages the raw features (anomalib's WinCLIP
+    `_collect_text_embeddings`). Either way the two features are normalised afterwards (cosine scoring)."""
+
+    name: str
+    normal_states: tuple[str, ...]
+    anomalous_states: tuple[str, ...]
+    templates: tuple[str, ...]
+    mean: Literal["normalised", "raw"]
+
+    def texts(self, class_name: str) -> tuple[list[str], list[str]]:
+        """(normal sentences, anomalous sentences), states outer, templates inner (the authors' order)."""
+        def side(states):
+            return [t.format(s.format(class_name)) for s in states for t in self.templates]
+        return side(self.normal_states), side(self.anomalous_states)
+
+
+# ByChelsea/VAND-APRIL-GAN prompt_ensemble.py: 35 templates, 7 x 35 normal and 5 x 35 anomalous sentences
+APRILGAN_ENSEMBLE = PromptEnsemble("aprilgan", NORMAL_STATES, ANOMALOUS_STATES, (
     "a bad photo of a {}.", "a low resolution photo of the {}.", "a bad photo of the {}.", "a cropped photo of the {}.",
     "a bright photo of a {}.", "a dark photo of the {}.", "a photo of my {}.", "a photo of the cool {}.",
     "a close-up photo of a {}.", "a black and white photo of the {}.", "a bright photo of the {}.",
@@ -109,32 +141,56 @@ TEMPLATES = (
     "a good photo of the {}.", "a photo of one {}.", "a close-up photo of the {}.", "a photo of a {}.",
     "a low resolution photo of a {}.", "a photo of a large {}.", "a blurry photo of a {}.",
     "a jpeg corrupted photo of the {}.", "a good photo of a {}.", "a photo of the small {}.", "a photo of the large {}.",
-    "a photo of the {} for visual inspection.", "a photo of a {} for visual inspection.",
+    "a black and white photo of a {}.", "a dark photo of a {}.", "a photo of a cool {}.", "a photo of a small {}.",
+    "there is a {} in the scene.", "there is the {} in the scene.", "this is a {} in the scene.",
+    "this is the {} in the scene.", "this is one {} in the scene.",
+), mean="normalised")
+
+# anomalib winclip/prompting.py: 7 normal and 4 anomalous states (no "broken") x 21 templates, raw mean. The
+# template list holds "a jpeg corrupted photo of the {}." twice; kept, since the duplicate weighs twice in the mean.
+WINCLIP_ENSEMBLE = PromptEnsemble("winclip", NORMAL_STATES, tuple(s for s in ANOMALOUS_STATES if s != "broken {}"), (
+    "a cropped photo of the {}.", "a close-up photo of a {}.", "a close-up photo of the {}.", "a bright photo of a {}.",
+    "a bright photo of the {}.", "a dark photo of the {}.", "a dark photo of a {}.", "a jpeg corrupted photo of the {}.",
+    "a jpeg corrupted photo of the {}.", "a blurry photo of the {}.", "a blurry photo of a {}.", "a photo of a {}.",
+    "a photo of the {}.", "a photo of a small {}.", "a photo of the small {}.", "a photo of a large {}.",
+    "a photo of the large {}.", "a photo of the {} for visual inspection.", "a photo of a {} for visual inspection.",
     "a photo of the {} for anomaly detection.", "a photo of a {} for anomaly detection.",
-)
+), mean="raw")
 
 
-def compositional_texts(class_name: str) -> tuple[list[str], list[str]]:
-    """(normal sentences, anomalous sentences) of the compositional prompt ensemble for one class."""
-    normal = [t.format(s.format(class_name)) for s in NORMAL_STATES for t in TEMPLATES]
-    anomalous = [t.format(s.format(class_name)) for s in ANOMALOUS_STATES for t in TEMPLATES]
-    return normal, anomalous
+def compositional_texts(class_name: str, ensemble: PromptEnsemble = APRILGAN_ENSEMBLE) -> tuple[list[str], list[str]]:
+    """(normal sentences, anomalous sentences) of a compositional prompt ensemble for one class."""
+    return ensemble.texts(class_name)
+
+
+def ensemble_feature(features: torch.Tensor, mean: str) -> torch.Tensor:
+    """One text feature from the sentence features (P, D) of one side: the mean of the normalised or of the raw
+    features, normalised."""
+    if mean == "normalised":
+        features = F.normalize(features, dim=-1)
+    elif mean != "raw":
+        raise ValueError(f"mean={mean!r}: choose normalised or raw")
+    return F.normalize(features.mean(0), dim=-1)
 
 
 class EnsembleTextCache:
-    """[normal, anomalous] text features (2, D) per class name from the prompt ensemble, computed once."""
+    """[normal, anomalous] text features (2, D) per class name from a prompt ensemble, computed once per name.
 
-    def __init__(self, clip: ClipBackbone):
+    precision: the autocast the text tower runs under (APRIL-GAN encodes its prompts under the same fp16 autocast as
+    its images); the features are returned in float32."""
+
+    def __init__(self, clip: ClipBackbone, ensemble: PromptEnsemble = APRILGAN_ENSEMBLE, precision: str = "fp32"):
         self.clip = clip
+        self.ensemble = ensemble
+        self.precision = precision
         self._cache: dict[str, torch.Tensor] = {}
 
     def __call__(self, class_names: list[str]) -> torch.Tensor:
         out = []
         for name in class_names:
             if name not in self._cache:
-                normal, anomalous = compositional_texts(name)
-                with torch.no_grad():
-                    feats = [torch.nn.functional.normalize(self.clip.encode_text(t).float(), dim=-1).mean(0) for t in (normal, anomalous)]
-                self._cache[name] = torch.nn.functional.normalize(torch.stack(feats), dim=-1)
+                with torch.no_grad(), autocast_context(self.clip.mean.device, self.precision):
+                    sides = [self.clip.encode_text(texts).float() for texts in self.ensemble.texts(name)]
+                self._cache[name] = torch.stack([ensemble_feature(f, self.ensemble.mean) for f in sides])
             out.append(self._cache[name])
         return torch.stack(out)  # (B, 2, D)

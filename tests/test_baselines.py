@@ -1,12 +1,19 @@
-"""Table-1 baselines: WinCLIP's windows and harmonic aggregation, APRIL-GAN, AdaCLIP (static/dynamic prompts, HSF), Bayes-PFL (planar flows, score rule, per-class min-max)."""
+"""Table-1 baselines: WinCLIP's windows and harmonic aggregation, APRIL-GAN, AdaCLIP (static/dynamic prompts, HSF).
+AnomalyCLIP: tests/test_anomalyclip.py; Bayes-PFL: tests/test_bayes_pfl.py."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from tiny import GRID, SIZE, random_batch, smoke_config, tiny_backbone
-from ssvp_core.methods.adaclip import AdaCLIP, AdaCLIPOptions, kmeans
+from tiny import GRID, SIZE, random_batch, tiny_backbone
+from ssvp_core.config import load_config
+from ssvp_core.methods import method_spec
+from ssvp_core.methods.adaclip import (AdaCLIP, AdaCLIPOptions, aggregated_map, appended_prompt_hook, ensemble_sentences,
+                                       image_probabilities, overwrite_prompt_hook, upsampled_logits)
+from ssvp_core.methods.base import Output
 from ssvp_core.methods.aprilgan import APRILGAN, APRILGANOptions
-from ssvp_core.methods.bayes_pfl import BayesPFL, BayesPFLOptions, PlanarFlow
 from ssvp_core.methods.winclip import WinCLIP, WinCLIPOptions, harmonic_aggregation, window_indices
 
 
@@ -61,69 +68,200 @@ def test_aprilgan_trains_only_its_linear_layers():
 
 # ---- AdaCLIP --------------------------------------------------------------------------------------------------
 
-def test_kmeans_recovers_separated_clusters():
+def test_adaclip_paper_defaults_are_the_release():
+    """train.py / trainer.py / model_configs of caoyunkang/AdaCLIP @e27ee32."""
+    cfg = load_config("paper", "adaclip")
+    assert cfg.backbone.clip.activation == "gelu" and cfg.backbone.precision == "fp16"
+    t = cfg.train
+    assert (t.optimizer, t.weight_decay, t.lr_prompt, t.lr_head, tuple(t.betas), t.schedule, t.epochs, t.batch_size) == \
+        ("adamw", 0.01, 0.01, 0.01, (0.5, 0.999), "constant", 5, 1)
+    n = 24  # ViT-L/14@336 blocks; the release taps n//4 multiples
+    assert tuple(cfg.backbone.clip.layers) == (n // 4, n // 2, 3 * n // 4, n)
+    o = method_spec("adaclip").options_from(cfg.options)
+    assert (o.depth, o.length, o.prompt_type, o.branch, o.temperature, o.hsf, o.hsf_rule, o.hsf_top, o.hsf_clusters,
+            o.hsf_alpha, o.dice, o.class_names) == (4, 5, "SD", "VL", 0.01, True, "mean_of_centroids", 100, 20, 0.2,
+                                                    "rows", "released")
+
+
+def test_adaclip_text_ensemble_is_the_release_list():
+    normal, anomalous = ensemble_sentences("bottle")
+    assert len(normal) == 7 * 4 and len(anomalous) == 5 * 4
+    assert normal[:5] == ["a bad photo of a bottle.", "a low resolution photo of the bottle.", "a bad photo of the bottle.",
+                          "a cropped photo of the bottle.", "a bad photo of a flawless bottle."]
+    assert anomalous[0] == "a bad photo of a damaged bottle." and anomalous[-1] == "a cropped photo of the bottle with damage."
+    det = AdaCLIP(AdaCLIPOptions(), tiny_backbone(), SIZE)
+    assert det.class_names({"cls": ["metal_nut", "pipe-fryum"]}) == ["metal_nut", "pipe fryum"]  # the release's names
+
+
+def test_adaclip_text_prompts_overwrite_positions_1_to_n_from_block_1():
+    P, L, W, n, depth = 2, 9, 3, 2, 3
+    tokens = 100 + torch.arange(P * (depth - 1) * n * W, dtype=torch.float).view(P, depth - 1, n, W)
+    x = torch.randn(P, L, W)
+    hook = overwrite_prompt_hook(tokens)
+    assert torch.equal(hook(0, x), x)  # block 0 runs unprompted, nothing inserted
+    for j in (1, 2):
+        y = hook(j, x)
+        assert y.shape == x.shape  # overwritten: the end-of-text position does not move
+        assert torch.equal(y[:, 0], x[:, 0]) and torch.equal(y[:, 1:1 + n], tokens[:, j - 1]) and torch.equal(y[:, 1 + n:], x[:, 1 + n:])
+    assert torch.equal(hook(depth, x), x)
+
+
+def test_adaclip_visual_prompts_are_appended_at_the_end_and_stay_out_of_the_taps():
+    B, N1, W, n, depth = 2, 5, 3, 2, 2
+    tokens = 100 + torch.arange(B * depth * n * W, dtype=torch.float).view(B, depth, n, W)
+    x = torch.randn(B, N1, W)
+    hook = appended_prompt_hook(tokens)
+    y0 = hook(0, x)
+    assert y0.shape == (B, N1 + n, W) and torch.equal(y0[:, :N1], x) and torch.equal(y0[:, N1:], tokens[:, 0])
+    y1 = hook(1, y0 + 1)
+    assert torch.equal(y1[:, :N1], y0[:, :N1] + 1) and torch.equal(y1[:, N1:], tokens[:, 1])
+    assert torch.equal(hook(depth, y1), y1)  # past the prompted depth the prompts ride along unchanged
+    # in the tower: every tap still carries them after the patches; the CLS and patches come first
+    det = AdaCLIP(AdaCLIPOptions(depth=2), tiny_backbone(), SIZE)
+    images = batch()["image"]
+    prompts = det.prompt_tokens(torch.randn(2, det.clip.embed_dim), "visual", 2)
+    with torch.no_grad():
+        feats = det.clip.image_features(images, hook=appended_prompt_hook(prompts))
+        first = det.clip.blocks[0](torch.cat([det.clip.embed_image(images), prompts[:, 0]], 1))
+    assert all(t.shape[1] == 1 + GRID * GRID + 5 for t in feats.taps)
+    assert torch.allclose(feats.taps[0], first, atol=1e-6)
+
+
+def _bilinear_2x2_to_3x3(v):
+    """align_corners=True from 2x2 to 3x3: corners keep their values, edge midpoints average two, the centre four."""
+    a, b, c, d = v[0, 0], v[0, 1], v[1, 0], v[1, 1]
+    return torch.stack([torch.stack([a, (a + b) / 2, b]), torch.stack([(a + c) / 2, (a + b + c + d) / 4, (b + d) / 2]),
+                        torch.stack([c, (c + d) / 2, d])])
+
+
+def test_adaclip_map_rule_upsamples_logits_averages_taps_then_softmaxes():
     g = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randn(20, 2, generator=g) * 0.1 + c for c in (torch.tensor([5.0, 0]), torch.tensor([-5.0, 0]))])
-    x = x[torch.randperm(40, generator=g)]
-    centres, assign = kmeans(x, 2, 10)
-    assert sorted(round(c) for c in centres[:, 0].tolist()) == [-5, 5] and len(set(assign.tolist())) == 2
+    logits = [3 * torch.randn(1, 4, 2, generator=g) for _ in range(2)]  # two taps, a 2x2 grid (row-major patches)
+    up = upsampled_logits(logits, (2, 2), 3)
+    expected = [torch.stack([_bilinear_2x2_to_3x3(l[0, :, c].view(2, 2)) for c in range(2)]) for l in logits]
+    assert all(torch.allclose(u[0], e, atol=1e-6) for u, e in zip(up, expected))
+    mean = (expected[0] + expected[1]) / 2
+    p_anomalous = 1 / (1 + torch.exp(mean[0] - mean[1]))
+    assert torch.allclose(aggregated_map(up)[0], (p_anomalous + 1 - (1 - p_anomalous)) / 2, atol=1e-6)
+
+
+def _hsf_inputs(seed=1, D=3, N=6):
+    g = torch.Generator().manual_seed(seed)
+    patches = [F.normalize(torch.randn(1, N, D, generator=g), dim=-1) for _ in range(2)]
+    logits = [torch.randn(1, N, 2, generator=g) for _ in range(2)]
+    cls = F.normalize(torch.randn(1, D, generator=g), dim=-1)
+    return patches, logits, cls
+
+
+@pytest.mark.parametrize("rule", ["mean_of_centroids", "most_anomalous"])
+def test_adaclip_hsf_and_image_score_written_out(rule):
+    patches, logits, cls = _hsf_inputs()
+    det = AdaCLIP(AdaCLIPOptions(hsf_top=4, hsf_clusters=2, hsf_rule=rule), tiny_backbone(), SIZE)
+    row_labels = [0, 1, 1, 0]  # the 4 most anomalous patches, in top-k order, in two clusters
+    seen = []
+
+    def seam(features, patch_index):
+        seen.append((features.clone(), patch_index.tolist()))
+        return torch.tensor(row_labels)
+
+    det.cluster_labels = seam
+    mixed = det.hybrid_semantic_fusion(cls, patches, logits)
+    # written out
+    mean_logits = (logits[0][0] + logits[1][0]) / 2
+    prob = [float(1 / (1 + torch.exp(mean_logits[i, 0] - mean_logits[i, 1]))) for i in range(6)]
+    order = sorted(range(6), key=lambda i: -prob[i])[:4]
+    features, index = seen[0]
+    assert index == order
+    assert torch.equal(features, torch.cat([patches[0][0, order], patches[1][0, order]], 1))  # taps side by side
+    members = {c: [order[r] for r in range(4) if row_labels[r] == c] for c in (0, 1)}
+    centroid = {c: sum(patches[t][0, i] for t in (0, 1) for i in members[c]) / (2 * len(members[c])) for c in (0, 1)}
+    if rule == "mean_of_centroids":
+        centre = (centroid[0] + centroid[1]) / 2
+    else:
+        score = {c: sum(prob[i] for i in members[c]) / len(members[c]) for c in (0, 1)}
+        centre = centroid[max(score, key=score.get)]
+    centre = centre / centre.norm()
+    expected = 0.2 * centre + 0.8 * cls[0]
+    expected = expected / expected.norm()
+    assert torch.allclose(mixed[0], expected, atol=1e-6)
+    text = F.normalize(torch.randn(1, 2, 3, generator=torch.Generator().manual_seed(2)), dim=-1)
+    e = [float(torch.exp(expected @ text[0, c] / 0.01)) for c in (0, 1)]
+    assert abs(float(image_probabilities(mixed, text, 0.01)[0, 1]) - e[1] / (e[0] + e[1])) < 1e-5
+
+
+def test_adaclip_cluster_labels_are_sklearn_kmeans_plus_plus():
+    from sklearn.cluster import KMeans
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(20, 4, generator=g) * 0.1 + c for c in (5.0, -5.0)])
+    det = AdaCLIP(AdaCLIPOptions(hsf_clusters=2, hsf_seed=3), tiny_backbone(), SIZE)
+    labels = det.cluster_labels(x, torch.arange(40))
+    assert len(set(labels[:20].tolist())) == 1 and len(set(labels[20:].tolist())) == 1 and labels[0] != labels[20]
+    assert np.array_equal(labels.numpy(), KMeans(n_clusters=2, n_init="auto", random_state=3).fit_predict(x.numpy()))
+
+
+@pytest.mark.parametrize("unit", ["rows", "image"])
+def test_adaclip_loss_written_out(unit):
+    """Focal (Loss_ToolBox, smoothing 1e-5) on the image probabilities + per tap focal + Dice(anomalous) + Dice(normal);
+    `rows`: the Dice of each image row, averaged (the release at batch 1)."""
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.randn(1, 2, 4, 4, generator=g).softmax(1) for _ in range(2)]
+    probs = torch.randn(1, 2, generator=g).softmax(1)
+    mask = torch.zeros(1, 4, 4)
+    mask[0, 1:3, 1:4] = 1
+    out = Output(torch.zeros(1, 4, 4), probs[:, 1], {"layer_maps": maps, "image_probs": probs})
+    det = AdaCLIP(AdaCLIPOptions(dice=unit), tiny_backbone(), SIZE)
+    parts = det.loss(out, {"mask": mask, "label": torch.tensor([1])})
+    s = 1e-5
+
+    def focal(p_true):
+        pt = (1 - s) * p_true + s * (1 - p_true) + s
+        return float((-(1 - pt) ** 2 * torch.log(pt)).mean())
+
+    def dice_of(p, y):
+        rows = [(p[r], y[r]) for r in range(4)] if unit == "rows" else [(p.flatten(), y.flatten())]
+        return sum(1 - (2 * float((a * b).sum()) + 1) / (float(a.sum() + b.sum()) + 1) for a, b in rows) / len(rows)
+
+    local = sum(focal(torch.where(mask[0] > 0, m[0, 1], m[0, 0])) + dice_of(m[0, 1], mask[0]) + dice_of(m[0, 0], 1 - mask[0])
+                for m in maps)
+    assert abs(float(parts["local"]) - local) < 1e-5 and abs(float(parts["image"]) - focal(probs[0, 1])) < 1e-6
+    assert abs(float(parts["total"]) - local - focal(probs[0, 1])) < 1e-5
+
+
+def test_adaclip_bf16_forward_and_training_step():
+    fp32 = tiny_backbone()
+    bf16 = dataclasses.replace(fp32, precision="bf16")
+    det32 = AdaCLIP(AdaCLIPOptions(hsf_seed=0), fp32, SIZE).eval()
+    det16 = AdaCLIP(AdaCLIPOptions(hsf_seed=0), bf16, SIZE).eval()
+    det16.load_state_dict(det32.state_dict())
+    b = batch()
+    with torch.no_grad():
+        m32, m16 = det32(b).anomaly_map, det16(b).anomaly_map
+    assert m16.dtype == torch.float32 and float((m16 - m32).abs().max()) < 2e-2
+    det16.train()
+    parts = det16.loss(det16(b), b)
+    parts["total"].backward()
+    assert torch.isfinite(parts["total"])
+    grads = {n: p.grad for n, p in det16.named_parameters() if p.requires_grad}
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads.values())
 
 
 @pytest.mark.parametrize("prompt_type,branch", [("SD", "VL"), ("S", "V"), ("D", "L")])
 def test_adaclip_variants(prompt_type, branch):
-    det = AdaCLIP(AdaCLIPOptions(prompt_type=prompt_type, branch=branch), tiny_backbone(), SIZE).train()
+    det = AdaCLIP(AdaCLIPOptions(prompt_type=prompt_type, branch=branch, hsf_seed=0), tiny_backbone(), SIZE).train()
     b = batch()
     out = det(b)
     assert out.anomaly_map.shape == (2, SIZE, SIZE) and out.score.shape == (2,)
     det.loss(out, b)["total"].backward()
     grads = {n for n, p in det.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    assert any(n.startswith("static_") for n in grads) == ("S" in prompt_type)
-    assert any(n.startswith("dynamic_") for n in grads) == ("D" in prompt_type)
+    assert {n.split(".")[0] for n in grads} == ({"patch_projection", "cls_projection"}
+                                                 | {f"{kind}_{tower}" for kind in ("static", "dynamic") if kind[0].upper() in prompt_type
+                                                    for tower in ("visual", "text") if tower[0].upper() in branch.replace("L", "T")})
 
 
 def test_adaclip_prompts_change_the_text_per_image():
     det = AdaCLIP(AdaCLIPOptions(prompt_type="D"), tiny_backbone(), SIZE).eval()
-    g = torch.nn.functional.normalize(torch.randn(2, det.clip.embed_dim), dim=-1)
-    text = det.text_features(g, ["bottle", "bottle"])
+    g0 = torch.randn(2, det.clip.embed_dim)
+    with torch.no_grad():
+        text = det.text_features(g0, ["bottle", "bottle"])
     assert not torch.allclose(text[0], text[1]) and not torch.allclose(text[0, 0], text[0, 1])
-
-
-# ---- Bayes-PFL ------------------------------------------------------------------------------------------------
-
-def test_planar_flow_log_determinant():
-    torch.manual_seed(0)
-    flow = PlanarFlow(3)
-    with torch.no_grad():
-        flow.u.copy_(torch.tensor([0.5, -0.2, 0.1]))
-        flow.w.copy_(torch.tensor([1.0, 0.3, -0.4]))
-    z = torch.randn(3)
-    f, logdet = flow(z)
-    jac = torch.autograd.functional.jacobian(lambda v: flow(v)[0], z)
-    assert torch.allclose(logdet, torch.log(torch.det(jac).abs()), atol=1e-5)
-
-
-def test_bayes_pfl_scores_and_class_minmax():
-    det = BayesPFL(BayesPFLOptions(mc_test=3), tiny_backbone(), SIZE).eval()
-    b = batch()
-    with torch.no_grad():
-        out = det(b)
-    assert torch.allclose(out.score, 0.5 * out.aux["s_global"] + 0.5 * out.aux["s_local"])
-    assert det.class_scores({"s_global": np.array([0.1, 0.2]), "s_local": np.array([0.5, 0.4])}) is None
-    det.options.score_normalization = "class_minmax"
-    mixed = det.class_scores({"s_global": np.array([0.1, 0.3, 0.2]), "s_local": np.array([0.5, 0.4, 0.45])})
-    assert np.allclose(mixed, 0.5 * np.array([0.0, 1.0, 0.5]) + 0.5 * np.array([1.0, 0.0, 0.5]))
-    det.train()
-    parts = det.loss(det(b), b)
-    assert set(parts) == {"local", "image", "kl", "total"} and torch.isfinite(parts["total"])
-    parts["total"].backward()
-    assert det.flows["image_specific"].flows[0].u.grad is not None and det.context.grad.abs().sum() > 0
-
-
-def test_class_minmax_reaches_the_evaluation(synth_root, tmp_path):
-    from ssvp_core.engine.infer import evaluate
-
-    cfg = smoke_config("bayes_pfl", f"out_dir={tmp_path}", "options.score_normalization=class_minmax", root=synth_root)
-    det = BayesPFL(BayesPFLOptions(score_normalization="class_minmax", mc_test=2), cfg.backbone, cfg.image_size)
-    result = evaluate(det, cfg.eval.datasets[0], cfg, progress=False)
-    for _, group in result.samples.groupby("cls"):
-        assert group.score.min() >= 0 and group.score.max() <= 1 and group.score.max() > 0.5  # rescaled per class

@@ -6,7 +6,8 @@ mid-epoch checkpoint draws exactly the same batches and noise as an uninterrupte
 parameters. Optimiser: Adam(betas 0.5, 0.999) with per-group learning rates (prompts / heads / temperatures),
 cosine decay after a linear warm-up (SSVP.md §6). A non-finite loss stops the run with the step that produced it.
 Under torchrun the trainable heads are wrapped in DistributedDataParallel and each rank takes an interleaved
-slice of every global batch.
+slice of every global batch. `train.mosaic` > 0 replaces that share of the items by 2x2 mosaics of their class
+(APRIL-GAN's augmentation, data/mosaic.py), drawn from (seed, epoch, index).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from ..config import RunConfig
 from ..data.loader import AnomalyDataset
+from ..data.mosaic import MosaicDataset
 from ..data.registry import read_dataset
 from ..errors import ConfigError, TrainingDiverged
 from ..methods import build_detector
@@ -72,7 +74,9 @@ def make_scheduler(optimizer, cfg: RunConfig, total_steps: int):
         progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    # a parameter group marked {"schedule": "constant"} keeps its lr (Bayes-PFL's stage-2 optimiser has no schedule)
+    factors = [(lambda step: 1.0) if g.get("schedule") == "constant" else factor for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -139,9 +143,12 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
         log.info("resuming %s at epoch %d step %d", path, state.epoch, state.step_in_epoch)
     resumed_from = state.global_step
     started = time.time()  # a record's elapsed_s includes building the feature cache
-    cache = None if state.complete else shared_cache(detector, samples, cfg, device, info, progress)
+    # mosaics change the pixels every epoch, so the features of an image are not fixed: no cache then
+    cache = None if state.complete or cfg.train.mosaic > 0 else shared_cache(detector, samples, cfg, device, info, progress)
     # with a cache the loader reads masks and labels only; the features stand in for the pixels
     dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes(), images=cache is None)
+    if cfg.train.mosaic > 0:
+        dataset = MosaicDataset(dataset, cfg.train.mosaic, cfg.train.seed)
     model = detector
     if info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(detector, device_ids=[device.index] if device.type == "cuda" else None,
@@ -149,7 +156,10 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
     detector.train()
     bar = tqdm(total=total_steps, initial=state.global_step, desc=f"train {cfg.method}", disable=not (progress and info.main))
     while not state.complete and state.epoch < cfg.train.epochs:
+        detector.start_epoch(state.epoch, cfg.train.epochs)
         order = epoch_order(len(samples), cfg.train.seed, state.epoch)
+        if isinstance(dataset, MosaicDataset):
+            dataset.epoch = state.epoch
         first = state.step_in_epoch
         # each rank takes an interleaved slice of every global batch; resuming skips the batches already done
         batches = [order[s * batch_size:(s + 1) * batch_size][info.rank::info.world] for s in range(first, steps_per_epoch)]

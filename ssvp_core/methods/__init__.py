@@ -29,6 +29,9 @@ class MethodSpec:
     train_defaults: dict = field(default_factory=dict)
     eval_defaults: dict = field(default_factory=dict)
     backbone_defaults: dict = field(default_factory=dict)  # e.g. {"clip": {"activation": "gelu"}} (its released code)
+    # train defaults that depend on the auxiliary (training) dataset, merged over `train_defaults` for that
+    # `train.dataset`, e.g. APRIL-GAN: {"visa": {"epochs": 15}, "mvtec": {"epochs": 3, "mosaic": 0.2}}
+    train_defaults_by_dataset: dict = field(default_factory=dict)
 
     def options_from(self, data: dict | None) -> Any:
         return options_from(self.options, data, f"{self.name} options")
@@ -92,23 +95,36 @@ from .adaclip import AdaCLIP, AdaCLIPOptions  # noqa: E402
 from .anomalyclip import AnomalyCLIP, AnomalyCLIPOptions  # noqa: E402
 from .aprilgan import APRILGAN, APRILGANOptions  # noqa: E402
 from .bayes_pfl import BayesPFL, BayesPFLOptions  # noqa: E402
-from .winclip import WinCLIP, WinCLIPOptions  # noqa: E402
+from .winclip import WINCLIP_BACKBONE, WinCLIP, WinCLIPOptions  # noqa: E402
 
 _CONSTANT = {"schedule": "constant", "warmup_frac": 0.0}
-register(MethodSpec("winclip", WinCLIP, WinCLIPOptions, "WinCLIP (Jeong et al., CVPR 2023)"))
+# anomalib's WinCLIP: its own ViT-B/16+ at 240 px in fp32 (Lightning's default precision), no smoothing
+register(MethodSpec("winclip", WinCLIP, WinCLIPOptions, "WinCLIP (Jeong et al., CVPR 2023)",
+                    eval_defaults={"sigma": 0.0}, backbone_defaults={"clip": dict(WINCLIP_BACKBONE), "precision": "fp32"}))
+# APRIL-GAN's train.sh / test.py: its loader builds exact GELU at 518 px and runs under fp16 autocast; Adam(0.5, 0.999)
+# lr 1e-3, batch 8; 15 epochs on VisA, 3 on MVTec with the 2x2 mosaic at rate 0.2; no smoothing at test time
 register(MethodSpec("aprilgan", APRILGAN, APRILGANOptions, "APRIL-GAN (Chen et al., arXiv 2305.17382)",
-                    train_defaults={"epochs": 3, "batch_size": 8, "lr_head": 1e-3, **_CONSTANT}))
+                    train_defaults={"epochs": 3, "batch_size": 8, "lr_head": 1e-3, **_CONSTANT},
+                    train_defaults_by_dataset={"visa": {"epochs": 15}, "mvtec": {"epochs": 3, "mosaic": 0.2}},
+                    eval_defaults={"sigma": 0.0},
+                    backbone_defaults={"clip": {"activation": "gelu"}, "precision": "fp16"}))
 # AnomalyCLIP's release: the model stays fp32 (build_model's convert_weights is commented out) and its forward
 # resizes the position embedding bilinearly
 register(MethodSpec("anomalyclip", AnomalyCLIP, AnomalyCLIPOptions, "AnomalyCLIP (Zhou et al., ICLR 2024)",
                     train_defaults={"epochs": 15, "batch_size": 8, "lr_prompt": 1e-3, "lr_head": 1e-3, **_CONSTANT},
                     backbone_defaults={"clip": {"pos_embed_interpolation": "bilinear"}, "precision": "fp32"}))
+# AdaCLIP train.py/trainer.py: AdamW(0.5, 0.999) with its default weight decay 0.01, lr 0.01 for every parameter, no
+# schedule, 5 epochs, batch 1; CLIP built with exact GELU (its model configs), forward under fp16 autocast
 register(MethodSpec("adaclip", AdaCLIP, AdaCLIPOptions, "AdaCLIP (Cao et al., ECCV 2024)",
                     train_defaults={"epochs": 5, "batch_size": 1, "lr_prompt": 1e-2, "lr_head": 1e-2, "optimizer": "adamw",
-                                    **_CONSTANT}))
+                                    "weight_decay": 0.01, **_CONSTANT},
+                    backbone_defaults={"clip": {"activation": "gelu"}, "precision": "fp16"}))
+# Bayes-PFL train.sh / train.py: 30 epochs, batch 32, seed 333; prompts 1e-3, linear layers 1e-4 (flows and
+# temperatures: the method's options); its CLIP uses exact GELU in both towers and runs in fp32
 register(MethodSpec("bayes_pfl", BayesPFL, BayesPFLOptions, "Bayes-PFL (Qu et al., CVPR 2025)",
-                    train_defaults={"epochs": 30, "batch_size": 32, "lr_prompt": 1e-4, "lr_head": 1e-4},
-                    eval_defaults={"sigma": 8.0}))
+                    train_defaults={"epochs": 30, "batch_size": 32, "lr_prompt": 1e-3, "lr_head": 1e-4, "seed": 333},
+                    eval_defaults={"sigma": 8.0, "seed": 333},
+                    backbone_defaults={"clip": {"activation": "gelu"}, "precision": "fp32"}))
 register(MethodSpec("reference", ReferenceScorer, ReferenceOptions, "training-free pixel statistics (no paper; a floor)"))
 
 __all__ = ["Detector", "Output", "MethodSpec", "REGISTRY", "register", "method_spec", "build_detector"]

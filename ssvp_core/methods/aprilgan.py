@@ -1,14 +1,28 @@
-"""APRIL-GAN (Chen et al., arXiv 2305.17382; the VAND 2023 zero-shot winner).
+"""APRIL-GAN (Chen et al., arXiv 2305.17382; the VAND 2023 zero-shot winner), as its release builds it
+(ByChelsea/VAND-APRIL-GAN @f13b8a6; parity: tests/parity/test_parity_aprilgan.py).
 
-One trainable Linear per tapped layer maps the raw residual-stream patch tokens into the joint space; the map of a
-layer is the 2-way softmax of their cosines with the [normal, anomalous] text features of the compositional prompt
-ensemble (logits upsampled before the softmax, as its code), summed over layers; the image score is the CLS
-embedding against the same text. Trained on the auxiliary dataset with focal + dice per layer.
-Settings of its release: 3 epochs, batch 8, Adam(0.5, 0.999), lr 1e-3, layers 6/12/18/24, 518 px.
+    text     APRIL-GAN's compositional ensemble (prompts.APRILGAN_ENSEMBLE: 7 normal / 5 anomalous states x 35
+             templates); every sentence feature normalised, averaged per state side, normalised again
+             (prompt_ensemble.py). The class name is the dataset's folder name as is (their meta.json `cls_name`).
+    taps     the raw residual stream after blocks 6/12/18/24, CLS dropped; one trainable Linear(width -> joint) per
+             tap (model.py `LinearLayer`), outputs normalised.
+    map      per tap: logits 100 * cos(patch, [normal, anomalous]) upsampled bilinearly (align_corners=True) to the
+             image size, then the 2-way softmax; the anomalous channel summed over taps (test.py:172-183).
+             No Gaussian smoothing (test.py applies none; MethodSpec eval sigma 0).
+    score    softmax(100 * cos(CLS embedding, text))[anomalous], the CLS through ln_post and proj (test.py:168).
+    loss     sum over taps of focal(map, mask) + dice(anomalous channel, mask) (train.py:135-137).
+
+Backbone as their loader builds it at 518 px against the 336-px config: exact GELU (not QuickGELU) in both towers,
+and the forward under fp16 autocast (`torch.cuda.amp.autocast()` around images and text); both are the method's
+backbone defaults (methods/__init__.py). The Linear heads run in fp32 here: their code trains them under fp16
+autocast without a gradient scaler, whose only effect is rounding (and possible underflow of small gradients).
+Training (train.sh): Adam(0.5, 0.999), lr 1e-3, batch 8; 15 epochs on VisA (the model evaluated on MVTec), 3 epochs
+with the 2x2 mosaic at rate 0.2 on MVTec (the model evaluated on every other dataset).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -16,9 +30,9 @@ import torch.nn.functional as F
 
 from ..backbones import autocast_context
 from ..data.loader import batch_view
-from ..prompts import EnsembleTextCache
+from ..prompts import APRILGAN_ENSEMBLE, EnsembleTextCache
 from .base import ClipDetector, Output
-from .common import layer_maps
+from .common import layer_maps, prompt_class_names
 from .losses import dice, multiclass_focal
 
 
@@ -26,6 +40,9 @@ from .losses import dice, multiclass_focal
 class APRILGANOptions:
     temperature: float = 0.01  # logits x 100, as its code
     image_loss: bool = False  # the release trains the pixel branch only
+    # class names in the prompts: "raw" = the dataset's class folder name as is (its code), "mapped" = the kit's
+    # Bayes-PFL-style names (data.registry.prompt_name: "pcb1" -> "printed circuit board")
+    prompt_names: Literal["raw", "mapped"] = "raw"
 
 
 class APRILGAN(ClipDetector):
@@ -33,8 +50,11 @@ class APRILGAN(ClipDetector):
 
     def __init__(self, options: APRILGANOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
-        self.text = EnsembleTextCache(self.clip)
+        self.text = EnsembleTextCache(self.clip, APRILGAN_ENSEMBLE, backbone.precision)
         self.linear = nn.ModuleList(nn.Linear(self.clip.width, self.clip.embed_dim) for _ in backbone.clip.layers)
+
+    def class_names(self, batch: dict) -> list[str]:
+        return prompt_class_names(batch, self.options.prompt_names, self.prompt_class_name)
 
     def forward(self, batch: dict) -> Output:
         o = self.options

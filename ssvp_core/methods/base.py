@@ -80,6 +80,10 @@ class Detector(nn.Module):
                   {"params": temps, "lr": getattr(self.options, "lr_temperature", train.lr_head), "name": "temperature"}]
         return [g for g in groups if g["params"]]
 
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer before each epoch (0-based), also when resuming; methods with a staged schedule
+        (Bayes-PFL's stage 2) switch here. Default: nothing."""
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what training changes: the frozen backbones are rebuilt from their weights, never stored."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}

@@ -1,9 +1,11 @@
-"""Pieces several methods share: per-layer softmax maps of patch-text similarities and the segmentation loss."""
+"""Pieces several methods share: per-layer softmax maps of patch-text similarities, the segmentation loss and the
+class names of hand-written prompts."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ..data.registry import prompt_name
 from .losses import dice, multiclass_focal
 
 
@@ -30,3 +32,16 @@ def segmentation_loss(maps: list[torch.Tensor], mask: torch.Tensor) -> torch.Ten
     for m in maps:
         total = total + multiclass_focal(m, mask) + dice(m[:, 1], mask) + dice(m[:, 0], 1 - mask)
     return total
+
+
+def prompt_class_names(batch: dict, mode: str, run_wide: str = "") -> list[str]:
+    """Class names for hand-written prompts: one run-wide name when given (RunConfig.prompt_class_name), else the
+    dataset's class folder names as they are (`raw`: APRIL-GAN's meta.json names, anomalib's category) or the kit's
+    mapped names (`mapped`: data.registry.prompt_name, Bayes-PFL's mapping)."""
+    if run_wide:
+        return [run_wide] * len(batch["cls"])
+    if mode == "raw":
+        return [str(c) for c in batch["cls"]]
+    if mode == "mapped":
+        return [prompt_name(c) for c in batch["cls"]]
+    raise ValueError(f"prompt_names={mode!r}: choose raw or mapped")

@@ -28,3 +28,27 @@ def dice(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p = prob.flatten(1)
     g = target.flatten(1).to(p.dtype)
     return (1 - (2 * (p * g).sum(1) + 1) / (p.sum(1) + g.sum(1) + 1)).mean()
+
+
+def balanced_focal(probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, eps: float = 1e-8) -> torch.Tensor:
+    """Class-balanced focal loss (Bayes-PFL loss.py:27-45): l = -(1 - p_t)^g log(p_t + eps) on class probabilities
+    (B, C, H, W) against labels (B, H, W); mean over the foreground pixels of the batch + mean over the background."""
+    one_hot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    pt = (probs * one_hot).sum(1)
+    loss = -(1 - pt) ** gamma * torch.log(pt + eps)
+    fg = (target > 0).to(loss.dtype)
+    return (loss * fg).sum() / (fg.sum() + eps) + (loss * (1 - fg)).sum() / ((1 - fg).sum() + eps)
+
+
+def batch_dice(prob: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Dice loss pooled over the whole batch (Bayes-PFL loss.py:53-68): 1 - (2 sum(p g) + eps) / (sum p + sum g + eps)."""
+    g = target.to(prob.dtype)
+    return 1 - (2 * (prob * g).sum() + eps) / (prob.sum() + g.sum() + eps)
+
+
+def orthogonality_loss(embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean over (B, P, P) of the squared off-diagonal cosines of P embeddings per sample (Bayes-PFL loss.py:7-20)."""
+    e = F.normalize(embeddings, dim=-1)
+    cos2 = (e @ e.transpose(-1, -2)) ** 2
+    eye = torch.eye(e.shape[-2], device=e.device, dtype=e.dtype)
+    return (cos2 * (1 - eye)).mean()
