@@ -139,3 +139,20 @@ def test_gpu_bench_runs_its_cpu_check_and_refuses_without_cuda(tmp_path):
     assert "| ssvp " in text and "|       2 |" in text
     refused = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert refused.returncode == 2 and "needs a CUDA device" in refused.stderr
+
+
+@pytest.mark.slow
+def test_compiled_backbones_give_the_eager_maps():
+    """backbone.compile=true compiles every vision block (both towers of SSVP); inductor may reorder float sums, so the
+    maps agree to a stated 1e-4 of their range, not bit for bit."""
+    from tiny import random_batch
+
+    eager = build_detector(smoke_config("ssvp", "options.vae_hidden=32")).eval()
+    compiled = build_detector(smoke_config("ssvp", "options.vae_hidden=32", "backbone.compile=true")).eval()
+    assert type(compiled.clip.blocks[0]).__name__ == "OptimizedModule" and compiled.clip is not eager.clip
+    batch = random_batch(2)
+    with torch.inference_mode():
+        a, b = eager(batch), compiled(batch)
+    span = float(a.anomaly_map.max() - a.anomaly_map.min())
+    assert float((a.anomaly_map - b.anomaly_map).abs().max()) <= 1e-4 * span
+    assert torch.allclose(a.score, b.score, atol=1e-5)
