@@ -79,7 +79,7 @@ def test_visa_split_csv(tmp_path):
         w.writerow(["image", "label", "mask"])
         w.writerow(["candle/Data/Images/Anomaly/0001.JPG", "wax melded,weird wick", "x"])
     samples = read_dataset("visa", root)
-    assert [(s.label, s.defect, s.mask_mode) for s in samples] == [(0, "good", "label"), (1, "wax melded", "label")]
+    assert [(s.label, s.defect, s.mask_mode) for s in samples] == [(0, "good", "label"), (1, "wax melded, weird wick", "label")]
     item = AnomalyDataset(samples, 16)[1]
     assert item["mask"].sum() > 0  # value-1 masks count as anomalous
     with pytest.raises(DataError, match="split_csv/1cls.csv"):

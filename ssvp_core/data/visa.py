@@ -3,7 +3,8 @@
     <root>/split_csv/1cls.csv        columns: object, split, label, image, mask (paths relative to <root>)
     <root>/<class>/Data/Images/{Normal,Anomaly}/*.JPG
     <root>/<class>/Data/Masks/Anomaly/*.png          values > 0 are anomalous (not 0/255)
-    <root>/<class>/image_anno.csv    optional: defect type per anomalous image (used as `defect`)
+    <root>/<class>/image_anno.csv    optional: the defect labels of each anomalous image, kept as `defect`
+                                     ("chunk of gum missing", or several: "bubble, discolor")
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def _defect_types(cls_dir: Path) -> dict[str, str]:
         for row in csv.DictReader(f):
             label = (row.get("label") or "").strip()
             if row.get("image") and label and label != "normal":
-                out[Path(row["image"]).name] = label.split(",")[0].strip()
+                out[Path(row["image"]).name] = ", ".join(p.strip() for p in label.split(",") if p.strip())
     return out
 
 

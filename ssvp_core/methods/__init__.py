@@ -79,18 +79,22 @@ register(MethodSpec("ssvp", SSVP, SSVPOptions, "SSVP (Fu et al., arXiv 2601.0914
                     train_defaults={"epochs": 15, "batch_size": 8, "lr_prompt": 5e-4, "lr_head": 1e-4}))
 from .vip2clip import ViP2CLIP, ViP2CLIPOptions  # noqa: E402
 
-# ViP2-CLIP.md §7: Adam (default betas), lr 1e-3 for ICA and 1e-5 for FGP, no schedule, 10 epochs, batch 8; sigma 8
+# ViP2-CLIP.md §7: Adam (default betas), lr 1e-3 for ICA and 1e-5 for FGP, no schedule, 10 epochs, batch 8; sigma 8;
+# the released model runs in fp32 and resizes the position embedding bilinearly (VIP2CLIP.py)
 register(MethodSpec("vip2clip", ViP2CLIP, ViP2CLIPOptions, "ViP2-CLIP (Yang et al., arXiv 2505.17692)",
                     train_defaults={"epochs": 10, "batch_size": 8, "lr_prompt": 1e-3, "lr_head": 1e-5, "betas": [0.9, 0.999],
                                     "schedule": "constant", "warmup_frac": 0.0},
-                    eval_defaults={"sigma": 8.0}))
+                    eval_defaults={"sigma": 8.0},
+                    backbone_defaults={"precision": "fp32", "clip": {"pos_embed_interpolation": "bilinear"}}))
 from .dapo import DAPO, DAPOOptions  # noqa: E402
 
-# DAPO.md §7: Adam(0.5, 0.999) lr 1e-3, no schedule, 5 epochs, batch 8; no smoothing of the maps
+# DAPO.md §7: Adam(0.5, 0.999) lr 1e-3, no schedule, 5 epochs, batch 8; no smoothing of the maps; fp32 with autocast
+# off (train.py); open_clip's bicubic position-embedding resize at load (force_image_size), the default
 register(MethodSpec("dapo", DAPO, DAPOOptions, "DAPO (Nazer et al., arXiv 2512.09446)",
                     train_defaults={"epochs": 5, "batch_size": 8, "lr_prompt": 1e-3, "lr_head": 1e-3, "betas": [0.5, 0.999],
                                     "schedule": "constant", "warmup_frac": 0.0, "seed": 42},
-                    eval_defaults={"sigma": 0.0}))
+                    eval_defaults={"sigma": 0.0},
+                    backbone_defaults={"precision": "fp32"}))
 from .adaclip import AdaCLIP, AdaCLIPOptions  # noqa: E402
 from .anomalyclip import AnomalyCLIP, AnomalyCLIPOptions  # noqa: E402
 from .aprilgan import APRILGAN, APRILGANOptions  # noqa: E402

@@ -14,6 +14,13 @@ recompute block activations in the backward pass (needed for batch 8 at 518 px o
 Code quirks (DAPO.md §12) are options: `text_path=faithful` (default) runs the prompt path without a causal mask and
 pools at the template's EOT position (not shifted by the 4 inserted tokens), as the released code does;
 `text_path=clean` uses a causal mask and the shifted EOT. `normal_anchor` is "flawless" (code) or "normal" (paper).
+Precision: the released code runs fp32 with autocast off (train.py), the method's default `backbone.precision=fp32`;
+under bf16/fp16 the frozen vision tower (and its backward pass to the visual tokens) runs in autocast, the global
+feature is projected inside it, and every trainable part (adapters, text path, scores, loss) runs in fp32.
+Anchors (data/defects.py): training uses train.py's list, scoring test.py's, and in eval mode the forward also
+returns `type_logits` against test_multi_defect.py's list for the multi-type evaluation (engine/multitype.py).
+Training images without a single DAPO type in their object's list (VisA images with several labels, or labels
+DAPO has no type for) are left out of the loss: the released VisA meta.json does not contain them.
 """
 from __future__ import annotations
 
@@ -68,7 +75,7 @@ class DAPO(ClipDetector):
         bound = math.sqrt(6.0 / (3 * patch * patch + vw))  # VPT initialisation
         self.visual_tokens = nn.Parameter(torch.empty(min(o.vision_depth, len(self.clip.blocks)), o.n_tokens, vw).uniform_(-bound, bound))
         self.adapters = nn.ModuleList(nn.Linear(vw, d) for _ in backbone.clip.layers)
-        self._text_cache: dict = {}
+        self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
 
     def prompt_parameters(self):
         return [self.ctx_normal, self.ctx_abnormal, self.text_tokens, self.visual_tokens]
@@ -77,20 +84,30 @@ class DAPO(ClipDetector):
         self._text_cache.clear()  # text features depend on trained tokens
         return super().train(mode)
 
-    # ---- vocabulary -----------------------------------------------------------------------------------------
+    # ---- vocabularies ---------------------------------------------------------------------------------------
     def vocabulary(self, dataset: str) -> DefectVocabulary:
+        """The anchors the binary prompts and training targets use: train.py's in training mode, test.py's in eval."""
         if dataset in self.options.anchors:
             return DefectVocabulary(tuple(self.options.anchors[dataset]))
         return vocabulary(dataset, training=self.training)
 
+    def multitype_vocabulary(self, dataset: str) -> DefectVocabulary:
+        """test_multi_defect.py's anchors and per-object lists, whatever the mode (the eval forward scores them)."""
+        if dataset in self.options.anchors:
+            return DefectVocabulary(tuple(self.options.anchors[dataset]))
+        return vocabulary(dataset, multitype=True)
+
     # ---- text ---------------------------------------------------------------------------------------------
     def text_features(self, dataset: str) -> torch.Tensor:
         """[z_N; z_D1..z_DK] (1 + K, D), L2-normalised, for the anchors of `dataset`."""
-        key = (dataset, self.training)
-        if not self.training and key in self._text_cache:
-            return self._text_cache[key]
+        return self.anchor_text_features(self.vocabulary(dataset).anchors)
+
+    def anchor_text_features(self, anchors: tuple[str, ...]) -> torch.Tensor:
+        """[z_N; z_D1..z_DK] (1 + K, D): per state, the E ensemble sentences through the text tower with the deep
+        tokens, projected, averaged over E, then L2-normalised (model.py encode_learn_prompts; train.py)."""
+        if not self.training and anchors in self._text_cache:
+            return self._text_cache[anchors]
         o = self.options
-        anchors = self.vocabulary(dataset).anchors
         states = [f"{o.normal_anchor} object"] + [o.abnormal_template.format(defect=a) for a in anchors]
         E = o.ensembles
         texts = [placeholder_template(o.ctx_len, s) for s in states for _ in range(E)]
@@ -101,7 +118,7 @@ class DAPO(ClipDetector):
                                                  hook=deep_token_hook(self.text_tokens, "blend", o.blend))
         feats = F.normalize(feats.float().view(len(states), E, -1).mean(1), dim=-1)
         if not self.training:
-            self._text_cache[key] = feats
+            self._text_cache[anchors] = feats
         return feats
 
     def forward(self, batch: dict) -> Output:
@@ -110,35 +127,62 @@ class DAPO(ClipDetector):
         datasets = set(batch.get("dataset") or ["?"])
         if len(datasets) != 1:
             raise ConfigError(f"dapo needs one dataset per batch (its anchors differ per dataset), got {sorted(datasets)}")
-        text = self.text_features(datasets.pop())  # (1 + K, D)
+        dataset = datasets.pop()
+        text = self.text_features(dataset)  # (1 + K, D)
         with autocast_context(x.device, self.backbone_cfg.precision):
             feats = self.clip.image_features(x, hook=deep_token_hook(self.visual_tokens, "blend", o.blend),
                                              checkpointing=getattr(self, "grad_checkpointing", False) and self.training)
+            z_x = self.clip.project(feats.final[:, 0])  # ln_post(CLS) @ proj, inside autocast (dtype-safe)
+        z_x = F.normalize(z_x.float(), dim=-1)
+        image_logits = self.image_logits(z_x, text)
         n = o.n_tokens
-        z_x = F.normalize(self.clip.project(feats.final[:, 0]).float(), dim=-1)
-        z_defect = F.normalize(text[1:].mean(0), dim=-1)
-        image_logits = torch.stack([z_x @ text[0], z_x @ z_defect], -1) / o.temperature
-        grid = self.clip.grid
-        layer_probs, layer_logits = [], []
-        for adapter, tap in zip(self.adapters, feats.taps):
-            z = F.normalize(adapter(tap[:, 1 + n:].float()), dim=-1)  # prompt tokens and CLS dropped
-            logits = z @ text.T / o.temperature  # (B, N, 1 + K)
-            layer_logits.append(logits)
-            prob = logits.softmax(-1).transpose(1, 2).reshape(x.shape[0], -1, *grid)
-            layer_probs.append(F.interpolate(prob, size=(self.image_size,) * 2, mode="bilinear", align_corners=True))
+        patches = [F.normalize(adapter(tap[:, 1 + n:].float()), dim=-1)  # prompt tokens and CLS dropped
+                   for adapter, tap in zip(self.adapters, feats.taps)]
+        layer_probs = self.layer_probs(patches, text)
         anomaly_map = torch.stack([1 - p[:, 0] for p in layer_probs]).sum(0)  # range 0..L
         score = image_logits.softmax(-1)[:, 1]
-        aux = {"image_logits": image_logits, "layer_probs": layer_probs, "type_logits": torch.stack(layer_logits, 1)}
+        aux = {"image_logits": image_logits, "layer_probs": layer_probs}
+        if not self.training:  # the multi-type evaluation's logits, against test_multi_defect.py's anchors
+            type_anchors = self.multitype_vocabulary(dataset).anchors
+            type_text = text if type_anchors == self.vocabulary(dataset).anchors else self.anchor_text_features(type_anchors)
+            aux["type_logits"] = torch.stack([z @ type_text.T / o.temperature for z in patches], 1)  # (B, L, N, 1+K)
         return Output(anomaly_map, score, aux)
 
+    def image_logits(self, z_x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """[z_x . z_N, z_x . normalize(mean_k z_Dk)] / tau (test.py forward_pass; train.py)."""
+        z_defect = F.normalize(text[1:].mean(0), dim=-1)
+        return torch.stack([z_x @ text[0], z_x @ z_defect], -1) / self.options.temperature
+
+    def layer_probs(self, patches: list[torch.Tensor], text: torch.Tensor) -> list[torch.Tensor]:
+        """Per layer: (1 + K)-way softmax of patch-text cosines / tau on the grid, then bilinear upsampling with
+        align_corners=True (train.py compute_similarity / compute_similarity_map): (B, 1 + K, H, W)."""
+        out = []
+        for z in patches:
+            prob = (z @ text.T / self.options.temperature).softmax(-1).transpose(1, 2)
+            prob = prob.reshape(z.shape[0], -1, *self.clip.grid)
+            out.append(F.interpolate(prob, size=(self.image_size,) * 2, mode="bilinear", align_corners=True))
+        return out
+
     def loss(self, out: Output, batch: dict) -> dict[str, torch.Tensor]:
+        """CE(image logits) + 4 * sum_l [focal(S_l, y_m) + dice(S_l[0], 1 - y_b) + dice(sum_k>0 S_l[k], y_b)]
+        (train.py train_epoch); y_m gives each defect pixel its image's type."""
         o = self.options
-        mask = batch["mask"]
         vocab = self.vocabulary(batch["dataset"][0])
-        ids = torch.tensor([vocab.index(d) for d in batch["defect"]], device=mask.device)
-        target = (mask > 0.5).long() * ids[:, None, None]  # multi-class pixel target: the image's defect type
+        ids = [vocab.type_index(d, c) if int(y) else 0 for d, c, y in zip(batch["defect"], batch["cls"], batch["label"])]
+        keep = [i for i, t in enumerate(ids) if t is not None]
+        probs, image_logits, label = out.aux["layer_probs"], out.aux["image_logits"], batch["label"]
+        mask = (batch["mask"] > 0.5).float()
+        if len(keep) < len(ids):  # images the released training data does not contain
+            if not keep:
+                zero = image_logits.sum() * 0 + sum(p.sum() for p in probs) * 0  # keeps every parameter in the graph
+                return {"local": zero, "image": zero, "total": zero}
+            index = torch.tensor(keep, device=mask.device)
+            probs, image_logits = [p[index] for p in probs], image_logits[index]
+            label, mask = label[index], mask[index]
+        type_ids = torch.tensor([ids[i] for i in keep], device=mask.device)
+        target = mask.long() * type_ids[:, None, None]  # multi-class pixel target: the image's defect type
         local = 0
-        for p in out.aux["layer_probs"]:
+        for p in probs:
             local = local + multiclass_focal(p, target) + dice(p[:, 0], 1 - mask) + dice(p[:, 1:].sum(1), mask)
-        image = F.cross_entropy(out.aux["image_logits"], batch["label"])
+        image = F.cross_entropy(image_logits, label)
         return {"local": local, "image": image, "total": o.lambda_local * local + o.lambda_image * image}

@@ -8,8 +8,18 @@
                  image logits = mean raw cosines of the top-K=50 most abnormal patches of every layer, / 0.07.
     loss (§6)    sum over layers of focal + dice(abnormal) + dice(normal) on the upsampled maps, + CE on the image logits.
 
-Quirks of the released code are options (ViP2-CLIP.md §12): `normal_word` ("good" = paper, default; "damaged" =
-the released code's bug) and `global_feature` ("no_ln_post" = the code, default; "ln_post" = clean).
+Defaults are the released code (kim0806/ViP2-CLIP @4b5884f, which produced the published checkpoints); the paper's
+reading is a switch where the two differ (ViP2-CLIP.md §12):
+    normal_word     "damaged" (default): prompt_learner.py embeds both prompts from the abnormal sentence's token ids
+                    (`token_embedding(neg_prompts_tokens)` for the normal prompt too); the "good" sentence's ids only
+                    locate the end-of-text token, at the same position. "good" is the paper's prompt.
+    global_feature  "no_ln_post" (default): the final CLS through proj without ln_post (VIP2CLIP.py); "ln_post" = clean.
+    Meta-Net        f (joint width) -> hidden -> text width per class token; the released ICA fixes 768 -> 384 -> 768,
+                    which is joint -> joint/2 -> text width for ViT-L/14 (`meta_hidden=0` derives it, so tiny models
+                    work); FGP works at the joint width (768 in the released scripts).
+Backbone as released (methods/__init__.py backbone_defaults): fp32 (the released model is loaded in fp32; bf16/fp16
+autocast of the frozen vision tower is the `backbone.precision` switch, the trainable parts stay fp32), position
+embedding resized bilinearly (VIP2CLIP.py interpolates 24x24 -> 37x37 with mode="bilinear", align_corners=False).
 """
 from __future__ import annotations
 
@@ -32,11 +42,11 @@ from .common import layer_maps, segmentation_loss
 class ViP2CLIPOptions:
     n_ctx: int = 7  # §14 #2: the shipped scripts use 7 (argparse default 9)
     n_cls: int = 3  # r shared class tokens
-    meta_hidden: int = 0  # Meta-Net hidden width; 0 = joint width / 2 (384 for ViT-L)
+    meta_hidden: int = 0  # Meta-Net hidden width; 0 = joint width / 2 (384 for ViT-L, the released constant)
     fgp_heads: int = 8
     top_k: int = 50  # patches per layer for the image score
     temperature: float = 0.07
-    normal_word: Literal["good", "damaged"] = "good"  # §12 #1 / §14 #1: "good" (paper) | "damaged" (released-code bug)
+    normal_word: Literal["good", "damaged"] = "damaged"  # §12 #1: "damaged" (released code: both prompts) | "good" (paper)
     global_feature: Literal["no_ln_post", "ln_post"] = "no_ln_post"  # §12 #2: no_ln_post (code, AnomalyCLIP convention) | ln_post (clean)
 
 
@@ -73,6 +83,17 @@ class FGP(nn.Module):
         return F.normalize(self.o(out), dim=-1)
 
 
+def utpa_image_logits(sims: list[torch.Tensor], top_k: int, temperature: float) -> torch.Tensor:
+    """UTPA image logits (test.py): per layer, the top-K patches by P(abnormal) = softmax(S / tau)[..., 1]; their RAW
+    cosines S (both columns) are gathered; the mean over all layers x K patches, / tau. sims: per layer (B, N, 2)."""
+    selected = []
+    for sim in sims:
+        k = min(top_k, sim.shape[1])
+        idx = (sim / temperature).softmax(-1)[..., 1].topk(k, dim=1).indices
+        selected.append(torch.gather(sim, 1, idx[..., None].expand(-1, -1, sim.shape[-1])))
+    return torch.cat(selected, 1).mean(1) / temperature  # (B, 2)
+
+
 class ViP2CLIP(ClipDetector):
     name = "vip2clip"
 
@@ -94,8 +115,11 @@ class ViP2CLIP(ClipDetector):
         return [self.ctx_pos, self.ctx_neg, self.cls_ctx, *self.meta_net.parameters()]
 
     def text_features(self, f: torch.Tensor) -> torch.Tensor:
-        """G_t (B, 2, D): [normal, abnormal] prompts conditioned on each image's global feature."""
+        """G_t (B, 2, D): [normal, abnormal] prompts conditioned on each image's global feature: slots [ctx, z] with
+        z_j = o_j + MLP_j(f + b), through the causal text tower, pooled at the end-of-text token (ICA.forward,
+        encode_text_learn)."""
         B = f.shape[0]
+        f = f.float()
         z = self.cls_ctx[None] + self.meta_net(f)  # (B, r, W)
         pos = torch.cat([self.ctx_pos.expand(B, -1, -1), z], 1)
         neg = torch.cat([self.ctx_neg.expand(B, -1, -1), z], 1)
@@ -114,16 +138,12 @@ class ViP2CLIP(ClipDetector):
             g = F.normalize(g.float(), dim=-1)
         text = self.text_features(g)
         grid = self.clip.grid
-        maps, selected = [], []
+        maps, sims = [], []
         for p in patches:
             t_l = self.fgp(text, p)  # (B, 2, D)
-            sim = p @ t_l.transpose(1, 2)  # (B, N, 2) raw cosines
+            sims.append(p @ t_l.transpose(1, 2))  # (B, N, 2) raw cosines
             maps.extend(layer_maps([p], t_l, o.temperature, grid, self.image_size, softmax_first=True, align_corners=False))
-            prob = (sim / o.temperature).softmax(-1)
-            k = min(o.top_k, sim.shape[1])
-            idx = prob[..., 1].topk(k, dim=1).indices
-            selected.append(torch.gather(sim, 1, idx[..., None].expand(-1, -1, 2)))
-        logits = torch.cat(selected, 1).mean(1) / o.temperature  # (B, 2)
+        logits = utpa_image_logits(sims, o.top_k, o.temperature)
         score = logits.softmax(-1)[:, 1]
         anomaly_map = torch.stack([(m[:, 1] + 1 - m[:, 0]) / 2 for m in maps]).mean(0)
         return Output(anomaly_map, score, {"layer_maps": maps, "logits": logits})
