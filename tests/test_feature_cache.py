@@ -156,3 +156,41 @@ def test_compiled_backbones_give_the_eager_maps():
     span = float(a.anomaly_map.max() - a.anomaly_map.min())
     assert float((a.anomaly_map - b.anomaly_map).abs().max()) <= 1e-4 * span
     assert torch.allclose(a.score, b.score, atol=1e-5)
+
+
+CACHEABLE = ("anomalyclip", "aprilgan", "bayes_pfl", "ssvp", "vip2clip")
+
+
+def test_which_methods_are_cacheable():
+    """Frozen and unaugmented vision paths only: AdaCLIP and DAPO train tokens inside the tower, WinCLIP trains
+    nothing (and its window passes depend on nothing a cache would hold across runs)."""
+    from ssvp_core.methods import REGISTRY
+
+    assert sorted(n for n, spec in REGISTRY.items() if spec.cls.cacheable) == sorted(CACHEABLE)
+
+
+@pytest.mark.parametrize("method", CACHEABLE)
+def test_heads_on_frozen_features_are_the_whole_forward_pass(method):
+    """What a cache stores is all the frozen part computes: the heads on `frozen_features`, given a batch without any
+    pixels, give the forward pass's maps, scores, loss and gradients."""
+    from tiny import random_batch
+
+    det = build_detector(smoke_config(method)).train()
+    batch = random_batch(3, classes=("bottle", "metal_nut"))
+    torch.manual_seed(0)
+    whole = det(batch)
+    loss = det.loss(whole, batch)["total"]
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in det.named_parameters() if p.grad is not None}
+    det.zero_grad()
+    with torch.no_grad():
+        features = det.frozen_features(batch)
+    pixel_free = {k: v for k, v in batch.items() if k not in ("image", "views")}
+    torch.manual_seed(0)
+    split = det({**pixel_free, "features": features})
+    split_loss = det.loss(split, batch)["total"]
+    split_loss.backward()
+    assert torch.allclose(split.anomaly_map, whole.anomaly_map, atol=1e-6)
+    assert torch.allclose(split.score, whole.score, atol=1e-6)
+    assert float(split_loss.detach()) == pytest.approx(float(loss.detach()), rel=1e-6)
+    assert grads and all(torch.allclose(p.grad, grads[n], atol=1e-6) for n, p in det.named_parameters() if n in grads)
