@@ -1,11 +1,15 @@
-"""Benchmark: SSVP's trainable heads against its frozen backbones, for one image, in one run.
+"""Benchmark: SSVP inference, in one run — where the time goes, and the fast paths against fp32 eager.
 
-For the tiny (smoke) and the full (paper architectures: CLIP ViT-L/14-336 at 518 px + DINOv3 ViT-L/16 at 592 px,
-random weights) configurations: time the frozen backbone pass (`encode_backbones`) and the heads on its cached
-output (`heads`: HSVS, prompts through the text encoder, VCPG, VTAM) separately, report the heads' share of the
-total and images per second. CPU, fp32, torch.inference_mode.
+1. Share: for the tiny (smoke) and the full (paper architectures: CLIP ViT-L/14-336 at 518 px + DINOv3 ViT-L/16 at
+   592 px, random weights) configurations, time the frozen backbone pass (`frozen_features`) and the heads on its
+   output (`heads`: HSVS, prompts through the text encoder, VCPG, VTAM) separately; the heads' share of the total and
+   images per second. CPU, fp32, torch.inference_mode.
+2. Fast paths (`--modes`): whole-model images/s under fp32 eager (the reference), bf16 autocast
+   (`backbone.precision=bf16`) and torch.compile of the backbone blocks (`backbone.compile=true`, fp32 and bf16), each
+   with its ratio to fp32 eager and the largest difference of its anomaly maps and scores from fp32 eager's. The first
+   compiled call (compilation) is excluded from the timing and reported on its own.
 
-    python bench/infer.py [--configs tiny full] [--repeats 3] [--batch 1]
+    python bench/infer.py [--configs tiny full] [--repeats 3] [--batch 1] [--modes fp32 bf16 compile compile-bf16]
 """
 from __future__ import annotations
 
@@ -50,11 +54,42 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["tiny", "full"], choices=list(CONFIGS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
     args = ap.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, median of {args.repeats}")
     print(f"{'config':<6}{'backbones s':>13}{'heads s':>10}{'total s':>10}{'heads share':>13}{'img/s':>8}{'params (trainable)':>22}")
     for name in args.configs:
         measure(name, args.batch, args.repeats)
+    if args.modes:
+        print(f"\n{'config':<6}{'mode':<14}{'img/s':>8}{'vs fp32':>9}{'compile s':>11}{'max |map diff|':>16}{'max |score diff|':>18}")
+        for name in args.configs:
+            fast_paths(name, args.batch, args.repeats, args.modes)
+
+
+MODES = {"fp32": ["backbone.precision=fp32"], "bf16": ["backbone.precision=bf16"],
+         "compile": ["backbone.precision=fp32", "backbone.compile=true"],
+         "compile-bf16": ["backbone.precision=bf16", "backbone.compile=true"]}
+
+
+def fast_paths(name: str, batch_size: int, repeats: int, modes: list[str]) -> None:
+    profile, overrides = CONFIGS[name]
+    reference, base_rate = None, None
+    for mode in ["fp32"] + [m for m in modes if m != "fp32"]:
+        det = build_detector(load_config(profile, "ssvp", overrides + MODES[mode])).eval()
+        torch.manual_seed(0)
+        batch = fake_batch(det, batch_size)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            out = det(batch)  # also compiles, for the compiled modes
+            first = time.perf_counter() - t0
+            seconds = timed(lambda: det(batch), repeats)
+        if reference is None:
+            reference, base_rate = out, batch_size / seconds
+        rate = batch_size / seconds
+        map_diff = float((out.anomaly_map.float() - reference.anomaly_map.float()).abs().max())
+        score_diff = float((out.score.float() - reference.score.float()).abs().max())
+        compile_s = f"{first - seconds:>11.1f}" if "compile" in mode else f"{'':>11}"
+        print(f"{name:<6}{mode:<14}{rate:>8.3f}{rate / base_rate:>8.2f}x{compile_s}{map_diff:>16.2e}{score_diff:>18.2e}")
 
 
 def measure(name: str, batch_size: int, repeats: int) -> None:
@@ -62,8 +97,8 @@ def measure(name: str, batch_size: int, repeats: int) -> None:
     det = build_detector(load_config(profile, "ssvp", overrides)).eval()
     batch = fake_batch(det, batch_size)
     with torch.inference_mode():
-        backbone = timed(lambda: det.encode_backbones(batch), repeats)
-        features = det.encode_backbones(batch)
+        backbone = timed(lambda: det.frozen_features(batch), repeats)
+        features = det.frozen_features(batch)
         heads = timed(lambda: det.heads(features, batch), repeats)
     whole = backbone + heads
     counts = det.count_parameters()

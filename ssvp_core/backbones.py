@@ -329,20 +329,33 @@ def _quiet_stdout():
 _CACHE: dict = {}
 
 
-def get_clip(cfg: ClipConfig) -> ClipBackbone:
+def get_clip(cfg: ClipConfig, compiled: bool = False) -> ClipBackbone:
     """Build once per configuration and process (frozen modules are never modified, so sharing is safe)."""
     key = ("clip", cfg.model, str(cfg.pretrained), cfg.image_size, tuple(cfg.layers), cfg.activation,
-           cfg.pos_embed_interpolation)
+           cfg.pos_embed_interpolation, compiled)
     if key not in _CACHE:
         _CACHE[key] = ClipBackbone(cfg)
+        if compiled:
+            compile_blocks(_CACHE[key].blocks)
     return _CACHE[key]
 
 
-def get_aux(cfg: DinoConfig) -> AuxBackbone:
-    key = ("aux", cfg.model, str(cfg.pretrained), cfg.image_size, tuple(cfg.layers), cfg.norm, tuple(sorted(cfg.kwargs.items())))
+def get_aux(cfg: DinoConfig, compiled: bool = False) -> AuxBackbone:
+    key = ("aux", cfg.model, str(cfg.pretrained), cfg.image_size, tuple(cfg.layers), cfg.norm,
+           tuple(sorted(cfg.kwargs.items())), compiled)
     if key not in _CACHE:
         _CACHE[key] = AuxBackbone(cfg)
+        if compiled:
+            compile_blocks(_CACHE[key].model.blocks)
     return _CACHE[key]
+
+
+def compile_blocks(blocks: nn.ModuleList) -> None:
+    """torch.compile each transformer block in place (`backbone.compile`). Blocks, not whole towers: the methods'
+    per-block hooks, taps and side streams stay plain Python around them, and a compiled block still exposes its
+    submodules (`blk.attn`, `blk.ln_1`) to the methods that read them."""
+    for i, blk in enumerate(blocks):
+        blocks[i] = torch.compile(blk)
 
 
 def resample_tokens(tokens: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:

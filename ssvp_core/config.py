@@ -57,6 +57,7 @@ class BackboneConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     dino: DinoConfig = field(default_factory=DinoConfig)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    compile: bool = False  # torch.compile every transformer block of the frozen vision towers (first call compiles)
 
 
 @dataclass
@@ -87,6 +88,12 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 = off
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = end of each epoch only)
     grad_checkpointing: bool = False  # for methods that backprop through a backbone (DAPO)
+    # frozen-feature cache (engine/feature_cache.py) for methods whose vision path is frozen and unaugmented
+    feature_cache: bool = True  # `--set train.feature_cache=off` disables it (YAML reads off as false)
+    feature_cache_dtype: Literal["fp16", "fp32"] = "fp16"
+    feature_cache_dir: str = ""  # "" = <out_dir>/features
+    feature_cache_ram_gb: float = 4.0  # caches up to this size are read into memory, larger ones memory-mapped
+    feature_cache_max_gb: float = 500.0  # a cache larger than this is not written (the run goes on without it)
     # chance that a training item is replaced by a 2x2 mosaic of four images of its class (APRIL-GAN's --aug_rate,
     # data/mosaic.py); 0 = off
     mosaic: float = 0.0
@@ -105,6 +112,7 @@ class EvalConfig:
     # confidence intervals (metrics/bootstrap.py), computed when a caller asks for them: resamples and their seed
     bootstrap: int = 1000
     bootstrap_seed: int = 0
+    feature_cache: bool = False  # reuse frozen features across evaluations (sweeps); stored as train.feature_cache_*
 
 
 @dataclass
@@ -128,8 +136,11 @@ class RunConfig:
         d = self.to_dict()
         for key in ("eval", "device", "out_dir", "profile"):
             d.pop(key)
-        for key in ("num_workers", "checkpoint_every"):
+        # how the run is executed, not what it learns (the feature cache's dtype stays: fp16 features round the inputs)
+        for key in ("num_workers", "checkpoint_every", "feature_cache", "feature_cache_dir", "feature_cache_ram_gb",
+                    "feature_cache_max_gb"):
             d["train"].pop(key)
+        d["backbone"].pop("compile")
         if not d["train"]["extra"]:
             d["train"].pop("extra")  # single-source runs keep the fingerprints they had before `extra` existed
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]

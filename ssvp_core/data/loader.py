@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError
-from .images import mask_array, open_rgb
+from .images import image_size as header_size, mask_array, open_rgb
 from .records import Sample
 
 
@@ -37,30 +37,31 @@ def load_mask(sample: Sample, image_size: tuple[int, int], size: int) -> torch.T
 
 class AnomalyDataset(torch.utils.data.Dataset):
     """Items: image (3,S,S) at the evaluation size, views {size: (3,s,s)} for other backbone sizes, mask (S,S) in {0,1},
-    label, class, defect and the sample index."""
+    label, class, defect and the sample index. `images=False` leaves out image and views (a feature cache stands in for
+    them); `masks=False` leaves out the mask (building a feature cache needs none)."""
 
-    def __init__(self, samples: Sequence[Sample], image_size: int = 518, view_sizes: Sequence[int] = ()):
+    def __init__(self, samples: Sequence[Sample], image_size: int = 518, view_sizes: Sequence[int] = (),
+                 images: bool = True, masks: bool = True):
         self.samples = list(samples)
         self.image_size = int(image_size)
         self.view_sizes = sorted({int(s) for s in view_sizes} - {self.image_size})
+        self.images, self.masks = images, masks
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        image = open_rgb(sample.image)
-        item = {
-            "image": image_to_tensor(image, self.image_size),
-            "mask": load_mask(sample, image.size, self.image_size),
-            "label": torch.tensor(sample.label, dtype=torch.long),
-            "cls": sample.cls,
-            "defect": sample.defect,
-            "dataset": sample.dataset,
-            "index": index,
-        }
-        if self.view_sizes:
-            item["views"] = {s: image_to_tensor(image, s) for s in self.view_sizes}
+        item = {"label": torch.tensor(sample.label, dtype=torch.long), "cls": sample.cls, "defect": sample.defect,
+                "dataset": sample.dataset, "index": index}
+        if self.images:
+            image = open_rgb(sample.image)
+            item["image"] = image_to_tensor(image, self.image_size)
+            if self.view_sizes:
+                item["views"] = {s: image_to_tensor(image, s) for s in self.view_sizes}
+        if self.masks:  # without the pixels, the size check reads only the image header
+            size = image.size if self.images else header_size(sample.image)
+            item["mask"] = load_mask(sample, size, self.image_size)
         return item
 
 

@@ -25,6 +25,8 @@ from ..data.records import Sample
 from ..data.registry import read_dataset
 from ..metrics import evaluate_class, results_frame
 from ..metrics.bootstrap import bootstrap_class, resample_counts
+from .batches import TEXT_FIELDS, collate, to_device  # noqa: F401  (re-exported)
+from .feature_cache import shared_cache
 from .runtime import DistInfo, barrier, dist_info, init_distributed, resolve_device, seed_everything
 
 
@@ -51,37 +53,19 @@ def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
     return np.stack([ndimage.gaussian_filter(m, sigma=sigma) for m in maps]).astype(np.float32)
 
 
-def _batches(detector, samples: list[Sample], cfg: RunConfig, device: torch.device, progress: bool, desc: str):
-    dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes())
+def _batches(detector, samples: list[Sample], cfg: RunConfig, device: torch.device, progress: bool, desc: str,
+             cache=None, rows: list[int] | None = None):
+    """Batches of `samples` with the detector's output. With a feature cache, `rows[i]` is sample i's row in it."""
+    dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes(), images=cache is None)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
                                          num_workers=cfg.eval.num_workers, collate_fn=collate)
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         batch = to_device(batch, device)
+        if cache is not None:
+            batch["features"] = cache.take([rows[int(i)] for i in batch["index"]], device)
         with torch.inference_mode():
             out = detector(batch)
         yield batch, out
-
-
-TEXT_FIELDS = ("cls", "defect", "dataset")
-
-
-def collate(items: list[dict]) -> dict:
-    batch = torch.utils.data.default_collate([{k: v for k, v in it.items() if k not in TEXT_FIELDS} for it in items])
-    for k in TEXT_FIELDS:
-        batch[k] = [it[k] for it in items]
-    return batch
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    out = {}
-    for k, v in batch.items():
-        if torch.is_tensor(v):
-            out[k] = v.to(device, non_blocking=True)
-        elif isinstance(v, dict):
-            out[k] = {kk: vv.to(device, non_blocking=True) for kk, vv in v.items()}
-        else:
-            out[k] = v
-    return out
 
 
 class _ClassBuffer:
@@ -113,10 +97,13 @@ def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, 
     seed_everything(cfg.eval.seed)
     samples = read_dataset(dataset.name, dataset.root, "test", dataset.classes or None)
     shard = [i for i in range(len(samples)) if i % info.world == info.rank]
+    cache = None
+    if cfg.eval.feature_cache:
+        cache = shared_cache(detector, samples, cfg, device, info, progress)
     buffers: dict[str, _ClassBuffer] = {}
     wants_aux = bool(hooks)
     for_batches = _batches(detector, [samples[i] for i in shard], cfg, device, progress and info.main,
-                           f"eval {detector.name} on {dataset.name}")
+                           f"eval {detector.name} on {dataset.name}", cache, shard)
     pos = 0
     for batch, out in for_batches:
         maps = smooth(out.anomaly_map.float().cpu().numpy(), map_sigma(cfg))

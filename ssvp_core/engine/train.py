@@ -29,7 +29,8 @@ from ..data.registry import read_dataset
 from ..errors import ConfigError, DataError, TrainingDiverged
 from ..methods import build_detector
 from . import checkpoint as ckpt
-from .infer import collate, to_device
+from .batches import collate, to_device
+from .feature_cache import shared_cache
 from .runtime import DistInfo, barrier, dist_info, init_distributed, resolve_device, seed_everything, step_seed
 
 log = logging.getLogger(__name__)
@@ -127,13 +128,10 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
         raise DataError(f"training needs a mask for every anomalous image: {len(unmasked)} training images have none "
                         f"(e.g. {unmasked[0].image} of {unmasked[0].dataset or cfg.train.dataset}). Add a masks/ folder "
                         "(one mask per abnormal image, same name) or train on a dataset with masks.")
-    dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes())
-    if cfg.train.mosaic > 0:
-        dataset = MosaicDataset(dataset, cfg.train.mosaic, cfg.train.seed)
     batch_size = cfg.train.batch_size
     if batch_size % info.world:
         raise ConfigError(f"train.batch_size={batch_size} must be divisible by the number of processes ({info.world})")
-    steps_per_epoch = math.ceil(len(dataset) / batch_size)
+    steps_per_epoch = math.ceil(len(samples) / batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
     optimizer = make_optimizer(detector, cfg)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
@@ -149,16 +147,22 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
         state = ckpt.state_of(payload)
         log.info("resuming %s at epoch %d step %d", path, state.epoch, state.step_in_epoch)
     resumed_from = state.global_step
+    started = time.time()  # a record's elapsed_s includes building the feature cache
+    # mosaics change the pixels every epoch, so the features of an image are not fixed: no cache then
+    cache = None if state.complete or cfg.train.mosaic > 0 else shared_cache(detector, samples, cfg, device, info, progress)
+    # with a cache the loader reads masks and labels only; the features stand in for the pixels
+    dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes(), images=cache is None)
+    if cfg.train.mosaic > 0:
+        dataset = MosaicDataset(dataset, cfg.train.mosaic, cfg.train.seed)
     model = detector
     if info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(detector, device_ids=[device.index] if device.type == "cuda" else None,
                                                           find_unused_parameters=True, broadcast_buffers=False)
     detector.train()
     bar = tqdm(total=total_steps, initial=state.global_step, desc=f"train {cfg.method}", disable=not (progress and info.main))
-    started = time.time()
     while not state.complete and state.epoch < cfg.train.epochs:
         detector.start_epoch(state.epoch, cfg.train.epochs)
-        order = epoch_order(len(dataset), cfg.train.seed, state.epoch)
+        order = epoch_order(len(samples), cfg.train.seed, state.epoch)
         if isinstance(dataset, MosaicDataset):
             dataset.epoch = state.epoch
         first = state.step_in_epoch
@@ -171,6 +175,8 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
                 bar.close()
                 return TrainResult(path, detector, state.history, resumed_from)
             batch = to_device(batch, device)
+            if cache is not None:
+                batch["features"] = cache.take(batch["index"], device)
             torch.manual_seed(step_seed(cfg.train.seed, state.global_step, info.rank))
             out = model(batch)
             parts = detector.loss(out, batch)
@@ -190,7 +196,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
             state.global_step += 1
             state.step_in_epoch = step + 1
             record = {"step": state.global_step, "epoch": state.epoch + 1, **{k: float(v.detach()) for k, v in parts.items()},
-                      "lr": optimizer.param_groups[0]["lr"]}
+                      "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - started, 4)}
             state.history.append(record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['total']:.4f}")

@@ -113,13 +113,24 @@ class AnomalyCLIP(ClipDetector):
             taps = [taps[-1]] * len(taps)
         return h, taps
 
-    def forward(self, batch: dict) -> Output:
+    cacheable = True  # the vision path (with DPAM) is frozen: only the text prompts train
+
+    def feature_spec(self) -> dict:
         o = self.options
+        return {"dpam": o.dpam, "dpam_start": o.dpam_start, "layers": o.layers, "tap_bug": o.tap_bug}
+
+    def frozen_features(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The normalised global feature (B, D) and patch features of the tapped layers (B, L, N, D)."""
         x = batch_view(batch, self.backbone_cfg.clip.image_size)
         with torch.no_grad(), autocast_context(x.device, self.backbone_cfg.precision):
             final, taps = self.visual(x)
             cls = F.normalize(self.clip.project_no_ln(final[:, 0]).float(), dim=-1)  # released: no ln_post
-            patches = [F.normalize(self.clip.project(t[:, 1:]).float(), dim=-1) for t in taps]
+            patches = torch.stack([F.normalize(self.clip.project(t[:, 1:]).float(), dim=-1) for t in taps], 1)
+        return {"global": cls, "patches": patches}
+
+    def heads(self, features: dict[str, torch.Tensor], batch: dict) -> Output:
+        o = self.options
+        cls, patches = features["global"], list(features["patches"].unbind(1))
         text = self.text_features()
         maps = layer_maps(patches, text, o.temperature, self.clip.grid, self.image_size, softmax_first=True,
                           align_corners=False)

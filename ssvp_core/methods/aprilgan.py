@@ -56,14 +56,20 @@ class APRILGAN(ClipDetector):
     def class_names(self, batch: dict) -> list[str]:
         return prompt_class_names(batch, self.options.prompt_names, self.prompt_class_name)
 
-    def forward(self, batch: dict) -> Output:
-        o = self.options
+    cacheable = True  # the CLIP is frozen; only the Linear heads on its taps train (mosaics turn the cache off)
+
+    def frozen_features(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The raw taps without CLS (B, L, N, W) and the normalised CLS embedding (B, D)."""
         x = batch_view(batch, self.backbone_cfg.clip.image_size)
-        text = self.text(self.class_names(batch)).to(x.device)
         with torch.no_grad(), autocast_context(x.device, self.backbone_cfg.precision):
             feats = self.clip.image_features(x)
-            taps = [t[:, 1:].float() for t in feats.taps]
-            cls = F.normalize(self.clip.project(feats.final[:, 0]).float(), dim=-1)
+            return {"taps": torch.stack([t[:, 1:] for t in feats.taps], 1).float(),
+                    "global": F.normalize(self.clip.project(feats.final[:, 0]).float(), dim=-1)}
+
+    def heads(self, features: dict[str, torch.Tensor], batch: dict) -> Output:
+        o = self.options
+        taps, cls = list(features["taps"].unbind(1)), features["global"]
+        text = self.text(self.class_names(batch)).to(cls.device)
         patches = [F.normalize(lin(t), dim=-1) for lin, t in zip(self.linear, taps)]
         maps = layer_maps(patches, text, o.temperature, self.clip.grid, self.image_size, softmax_first=False)
         anomaly_map = torch.stack([m[:, 1] for m in maps]).sum(0)

@@ -113,6 +113,27 @@ class Detector(nn.Module):
     def frozen_modules(self) -> list[nn.Module]:
         return []
 
+    # --- frozen features (engine/feature_cache.py) ------------------------------------------------------------
+    # A method whose vision path has no learnable part and no augmentation sets `cacheable = True` and implements
+    # `frozen_features` (what its frozen backbones give per image) and `heads` (everything after them); `forward`
+    # then takes the features from `batch["features"]` when a cache supplies them, and computes them otherwise.
+    cacheable: ClassVar[bool] = False
+
+    def frozen_features(self, batch: dict) -> dict[str, torch.Tensor]:
+        """{name: (B, ...)} tensors from the frozen backbones only, the same whatever the trainable parts hold."""
+        raise NotImplementedError(f"{self.name} does not split off its frozen features")
+
+    def heads(self, features: dict[str, torch.Tensor], batch: dict) -> Output:
+        raise NotImplementedError(f"{self.name} does not split off its frozen features")
+
+    def feature_spec(self) -> dict:
+        """Method options that change `frozen_features` (part of the cache key, beside the backbone config)."""
+        return {}
+
+    def forward(self, batch: dict) -> Output:
+        features = batch.get("features")
+        return self.heads(self.frozen_features(batch) if features is None else features, batch)
+
     # --- evaluation ------------------------------------------------------------------------------------------
     score_part_keys: ClassVar[tuple[str, ...]] = ()
     eval_aux_keys: ClassVar[tuple[str, ...]] = ()  # Output.aux entries evaluation keeps per image (hooks, figures)
@@ -143,7 +164,7 @@ class ClipDetector(Detector):
 
     def __init__(self, options: Any, backbone: BackboneConfig, image_size: int):
         super().__init__(options, backbone, image_size)
-        self.clip = get_clip(backbone.clip)
+        self.clip = get_clip(backbone.clip, backbone.compile)
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.clip]

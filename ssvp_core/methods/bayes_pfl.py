@@ -163,10 +163,10 @@ class RCA(nn.Module):
         B, T, D = text.shape
         patches = self.patch_proj[layer](taps)
         patches = patches / patches.norm(dim=-1, keepdim=True)
-        q = self.query(text).view(B, T, self.heads, D // self.heads)
-        kv = patches.view(B, -1, self.heads, D // self.heads)
-        attn = (torch.einsum("btkc,bnkc->bktn", q, kv) * D ** -0.5).softmax(-1)
-        out = torch.einsum("bktn,bnkc->btkc", attn, kv).reshape(B, T, D) + text
+        q = self.query(text).view(B, T, self.heads, D // self.heads).transpose(1, 2)
+        kv = patches.view(B, -1, self.heads, D // self.heads).transpose(1, 2)
+        # softmax(q k^T / sqrt(D)) v with keys = values = the patches; the code scales by the full width, not per head
+        out = F.scaled_dot_product_attention(q, kv, kv, scale=D ** -0.5).transpose(1, 2).reshape(B, T, D) + text
         return out / out.norm(dim=-1, keepdim=True), patches
 
 
@@ -374,13 +374,19 @@ class BayesPFL(ClipDetector):
         scale = (self.temperature_image if temperature is None else temperature).exp()
         return scale * torch.einsum("bsjpd,bd->bspj", mapped, image)
 
-    def forward(self, batch: dict) -> Output:
-        o = self.options
+    cacheable = True  # the CLIP is frozen and sees no augmentation; everything trainable runs on its outputs
+
+    def frozen_features(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The raw taps without CLS (B, L, N, W) and the global feature (B, D): ln_post, proj, not normalised."""
         x = batch_view(batch, self.backbone_cfg.clip.image_size)
         with torch.no_grad(), autocast_context(x.device, self.backbone_cfg.precision):
             feats = self.clip.image_features(x)
-            taps = [t[:, 1:].float() for t in feats.taps]
-            g = self.clip.project(feats.final[:, 0]).float()  # the code's image_features: ln_post, proj, not normalised
+            return {"taps": torch.stack([t[:, 1:] for t in feats.taps], 1).float(),
+                    "global": self.clip.project(feats.final[:, 0]).float()}  # the code's image_features
+
+    def heads(self, features: dict[str, torch.Tensor], batch: dict) -> Output:
+        o = self.options
+        taps, g = list(features["taps"].unbind(1)), features["global"]
         if self.training:
             return self._train_forward(batch, g, taps)
         text, _ = self.text_features(g, self.class_names(batch), o.mc_test)

@@ -175,8 +175,8 @@ class SSVP(Detector):
         super().__init__(options, backbone, image_size)
         validate(options)
         o = options
-        self.clip = get_clip(backbone.clip)
-        self.aux = get_aux(backbone.dino) if o.fusion != "none" else None
+        self.clip = get_clip(backbone.clip, backbone.compile)
+        self.aux = get_aux(backbone.dino, backbone.compile) if o.fusion != "none" else None
         d = self.clip.embed_dim
         n_layers = len(backbone.clip.layers)
         if o.fusion != "none" and len(backbone.dino.layers) != n_layers:
@@ -229,23 +229,37 @@ class SSVP(Detector):
         return [self.logit_scale_pixel, self.logit_scale_image]
 
     # ---- stages --------------------------------------------------------------------------------------------
-    def encode_backbones(self, batch: dict):
-        """Frozen features: CLIP taps in the joint space (B, N, D), CLIP global (B, D), DINO taps and CLS."""
+    cacheable = True  # both backbones are frozen and see no augmentation
+
+    def feature_spec(self) -> dict:
+        return {"clip_taps": "raw" if self.tap_proj is not None else "ln_post_proj", "aux": self.aux is not None}
+
+    def frozen_features(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Eq. 1: CLIP taps (B, L, N, D) in the joint space (raw (B, L, N, W) when `clip_tap_projection=learned`),
+        the CLIP global token (B, D) and, with an auxiliary backbone, its taps on the CLIP grid and its CLS."""
         x_clip = batch_view(batch, self.backbone_cfg.clip.image_size)
         with torch.no_grad(), autocast_context(x_clip.device, self.backbone_cfg.precision):
             feats = self.clip.image_features(x_clip)
-            raw_taps = [t[:, 1:].float() for t in feats.taps]
-            f_cg = self.clip.project(feats.final[:, 0]).float()
-            f_cl = [self.clip.project(t[:, 1:]).float() for t in feats.taps] if self.tap_proj is None else None
-            f_dl, f_dg = None, None
+            taps = [t[:, 1:] for t in feats.taps]
+            out = {"clip_global": self.clip.project(feats.final[:, 0]).float(),
+                   "clip_local": torch.stack([t if self.tap_proj is not None else self.clip.project(t) for t in taps], 1).float()}
             if self.aux is not None:
-                x_dino = batch_view(batch, self.backbone_cfg.dino.image_size)
-                f_dl, f_dg = self.aux(x_dino)
-                f_dl = [resample_tokens(t.float(), self.aux.grid, self.clip.grid) for t in f_dl]
-                f_dg = f_dg.float()
+                aux_local, aux_global = self.aux(batch_view(batch, self.backbone_cfg.dino.image_size))
+                out["aux_local"] = torch.stack([resample_tokens(t.float(), self.aux.grid, self.clip.grid) for t in aux_local], 1)
+                out["aux_global"] = aux_global.float()
+        return out
+
+    def split_features(self, features: dict[str, torch.Tensor]):
+        """(F_c^l per layer, F_c^g, F_d^l per layer or None, F_d^g or None) from `frozen_features`."""
+        f_cl = list(features["clip_local"].unbind(1))
         if self.tap_proj is not None:
-            f_cl = [proj(t) for proj, t in zip(self.tap_proj, raw_taps)]
-        return f_cl, f_cg, f_dl, f_dg
+            f_cl = [proj(t) for proj, t in zip(self.tap_proj, f_cl)]
+        f_dl = list(features["aux_local"].unbind(1)) if "aux_local" in features else None
+        return f_cl, features["clip_global"], f_dl, features.get("aux_global")
+
+    def encode_backbones(self, batch: dict):
+        """Eq. 1 as a tuple: `split_features(frozen_features(batch))`."""
+        return self.split_features(self.frozen_features(batch))
 
     def hsvs(self, f_cl, f_cg, f_dl, f_dg):
         """Eqs. 1-5 -> (V_syn^local per layer, V_syn^global)."""
@@ -314,14 +328,11 @@ class SSVP(Detector):
             return torch.cat([mu[:, None], samples], dim=1)
         return samples
 
-    # ---- forward -------------------------------------------------------------------------------------------
-    def forward(self, batch: dict) -> Output:
-        return self.heads(self.encode_backbones(batch), batch)
-
-    def heads(self, features, batch: dict) -> Output:
-        """Everything after the frozen backbones (HSVS, prompts, VCPG, VTAM) on `encode_backbones` output."""
+    # ---- forward (Detector.forward: heads on frozen_features, or on a feature cache's) ----------------------
+    def heads(self, features: dict[str, torch.Tensor], batch: dict) -> Output:
+        """Everything after the frozen backbones (HSVS, prompts, VCPG, VTAM) on `frozen_features` output."""
         o = self.options
-        f_cl, f_cg, f_dl, f_dg = features
+        f_cl, f_cg, f_dl, f_dg = self.split_features(features)
         v_local, v_global = self.hsvs(f_cl, f_cg, f_dl, f_dg)
         t_init = self.text_init(self.class_names(batch), v_global.device)
         aux = {"t_init": t_init}

@@ -78,8 +78,8 @@ class FGP(nn.Module):
         h = self.heads
         split = lambda x: x.view(B, x.shape[1], h, D // h).transpose(1, 2)  # noqa: E731
         q, k, v = split(self.q(text)), split(self.k(patches)), split(self.v(patches))
-        attn = (q @ k.transpose(-1, -2)).softmax(-1)  # no 1/sqrt(d) scaling (released code)
-        out = (attn @ v).transpose(1, 2).reshape(B, T, D)
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # no 1/sqrt(d) scaling (released code)
+        out = out.transpose(1, 2).reshape(B, T, D)
         return F.normalize(self.o(out), dim=-1)
 
 
@@ -127,15 +127,25 @@ class ViP2CLIP(ClipDetector):
         feats = self.prompt_encoder(self.templates * B, slots).float()
         return F.normalize(feats, dim=-1).view(B, 2, -1)
 
-    def forward(self, batch: dict) -> Output:
+    cacheable = True  # the vision tower is frozen (no V-V attention in the release's test path)
+
+    def feature_spec(self) -> dict:
+        return {"global_feature": self.options.global_feature}
+
+    def frozen_features(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Normalised patch features of the tapped layers (B, L, N, D) and the normalised global feature (B, D)."""
         o = self.options
         x = batch_view(batch, self.backbone_cfg.clip.image_size)
         with torch.no_grad(), autocast_context(x.device, self.backbone_cfg.precision):
             feats = self.clip.image_features(x)
-            patches = [F.normalize(self.clip.project(t).float(), dim=-1)[:, 1:] for t in feats.taps]
+            patches = torch.stack([F.normalize(self.clip.project(t).float(), dim=-1)[:, 1:] for t in feats.taps], 1)
             cls = feats.final[:, 0]
             g = self.clip.project(cls) if o.global_feature == "ln_post" else self.clip.project_no_ln(cls)
-            g = F.normalize(g.float(), dim=-1)
+        return {"patches": patches, "global": F.normalize(g.float(), dim=-1)}
+
+    def heads(self, features: dict[str, torch.Tensor], batch: dict) -> Output:
+        o = self.options
+        patches, g = list(features["patches"].unbind(1)), features["global"]
         text = self.text_features(g)
         grid = self.clip.grid
         maps, sims = [], []

@@ -1,0 +1,160 @@
+"""Frozen-feature cache: what a method's frozen backbones give for each image, computed once and reused.
+
+A method whose vision path has no learnable part and sees no augmentation (`Detector.cacheable`) splits its forward
+pass into `frozen_features(batch) -> {name: (B, ...)}` and `heads(features, batch) -> Output`. The features of a
+dataset split are then computed once, in one pass before training (or evaluation), and every epoch and every later
+run that shares them reads them back instead of running the backbones again: Table 3's ablations, the seeds, the
+sensitivity sweeps and Table 5 share one CLIP pass per image.
+
+Identity. A cache folder is named by a fingerprint of everything that changes the features: the backbone config
+(model, weights, sizes, taps, activation, precision), the identity of local weight files (size, mtime), the method's
+`feature_spec()`, the input sizes, the loader's preprocessing version, the stored dtype and the images themselves
+(path, size, mtime of every file). Change any of these and a new cache is built; nothing stale is ever read.
+
+Storage. One array per feature name, (N, ...) in float16 (or float32), as `.npy` files that are memory-mapped, or
+read into memory when the whole cache is under `train.feature_cache_ram_gb`. The folder is written under a temporary
+name and renamed when complete, so an interrupted run never leaves a half-written cache where a good one would be
+read; the disk use is printed before a large cache is written, and a cache over `feature_cache_max_gb` is not
+written at all (the run goes on without it).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import io
+from ..data.loader import AnomalyDataset
+from ..data.records import Sample
+from .batches import collate, to_device
+from .runtime import DistInfo, barrier
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1  # bump when the stored layout or the loader's preprocessing changes
+LARGE_BYTES = 1 << 30  # announce caches from 1 GiB on
+DTYPES = {"fp16": np.float16, "fp32": np.float32}
+
+
+def _file_identity(path: str) -> list:
+    """A local weight file's identity (size and mtime); hub tags and `none` are their own identity."""
+    p = Path(str(path)).expanduser()
+    if p.is_file():
+        st = p.stat()
+        return [str(p.resolve()), st.st_size, int(st.st_mtime)]
+    return [str(path)]
+
+
+def cache_key(detector, samples: Sequence[Sample], dtype: str) -> str:
+    backbone = asdict(detector.backbone_cfg)
+    backbone.pop("compile")  # compiled blocks compute the same features
+    weights = {k: _file_identity(v["pretrained"]) for k, v in backbone.items() if isinstance(v, dict) and "pretrained" in v}
+    images = hashlib.sha256()
+    for s in samples:
+        st = Path(s.image).stat()
+        images.update(f"{Path(s.image).resolve()}|{st.st_size}|{int(st.st_mtime)}\n".encode())
+    spec = {"version": CACHE_VERSION, "method_features": detector.feature_spec(), "backbone": backbone, "weights": weights,
+            "sizes": sorted(set(detector.input_sizes())), "dtype": dtype, "images": images.hexdigest()}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class FeatureCache:
+    """The frozen features of one list of samples, as arrays indexed by the sample's position in that list."""
+
+    def __init__(self, folder: Path, arrays: dict[str, np.ndarray]):
+        self.folder = folder
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def take(self, index: torch.Tensor | Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
+        """The features of the given sample positions, as float32 tensors on `device`."""
+        idx = np.asarray(index.cpu() if torch.is_tensor(index) else index, dtype=np.int64)
+        return {name: torch.from_numpy(np.ascontiguousarray(a[idx])).to(device=device, dtype=torch.float32)
+                for name, a in self.arrays.items()}
+
+
+def open_cache(folder: Path, ram_bytes: float) -> FeatureCache:
+    meta = json.loads((folder / "meta.json").read_text())
+    total = sum(np.prod(shape) * np.dtype(meta["dtype"]).itemsize for shape in meta["shapes"].values())
+    mode = None if total <= ram_bytes else "r"
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in meta["shapes"]}
+    return FeatureCache(folder, arrays)
+
+
+def build_or_open(detector, samples: Sequence[Sample], cfg, device: torch.device, progress: bool = True,
+                  batch_size: int = 8, num_workers: int = 0) -> FeatureCache | None:
+    """The cache of `samples` for `detector`, built now if needed; None when the method cannot use one, caching is off,
+    or the cache would exceed `train.feature_cache_max_gb`."""
+    t = cfg.train
+    if not t.feature_cache or not detector.cacheable:
+        return None
+    root = Path(t.feature_cache_dir or Path(cfg.out_dir) / "features")
+    folder = root / cache_key(detector, samples, t.feature_cache_dtype)
+    ram = t.feature_cache_ram_gb * (1 << 30)
+    if (folder / "meta.json").is_file():
+        return open_cache(folder, ram)
+    dtype = DTYPES[t.feature_cache_dtype]
+    dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes(), masks=False)
+    with torch.inference_mode():
+        probe = detector.frozen_features(to_device(collate([dataset[0]]), device))
+    shapes = {name: [len(samples), *v.shape[1:]] for name, v in probe.items()}
+    total = sum(int(np.prod(s)) for s in shapes.values()) * np.dtype(dtype).itemsize
+    if total > t.feature_cache_max_gb * (1 << 30):
+        print(f"feature cache: {total / (1 << 30):.1f} GiB for {len(samples)} images exceeds train.feature_cache_max_gb="
+              f"{t.feature_cache_max_gb:g}; running without it", file=sys.stderr)
+        return None
+    if total >= LARGE_BYTES:
+        print(f"feature cache: writing {total / (1 << 30):.1f} GiB ({len(samples)} images, "
+              f"{total / len(samples) / (1 << 20):.1f} MiB each) to {folder}", file=sys.stderr)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
+    try:
+        arrays = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=tuple(shape))
+                  for name, shape in shapes.items()}
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                             collate_fn=collate)
+        pos = 0
+        for batch in tqdm(loader, desc=f"caching {detector.name} features", disable=not progress, leave=False):
+            with torch.inference_mode():
+                feats = detector.frozen_features(to_device(batch, device))
+            n = len(batch["index"])
+            for name, value in feats.items():
+                arrays[name][pos:pos + n] = value.float().cpu().numpy().astype(dtype)
+            pos += n
+        for a in arrays.values():
+            a.flush()
+        del arrays
+        io.write_json(tmp / "meta.json", {"dtype": np.dtype(dtype).name, "shapes": shapes, "method": detector.name,
+                                          "samples": [str(s.image) for s in samples]})
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process finished the same cache first: theirs is as good as ours
+            if not (folder / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("feature cache for %s: %d images, %.1f MiB at %s", detector.name, len(samples), total / (1 << 20), folder)
+    return open_cache(folder, ram)
+
+
+def shared_cache(detector, samples: Sequence[Sample], cfg, device: torch.device, info: DistInfo,
+                 progress: bool) -> FeatureCache | None:
+    """`build_or_open` under torchrun: rank 0 builds the cache while the other ranks wait, then every rank opens it
+    (the cache folder must be on a file system all ranks see)."""
+    cache = build_or_open(detector, samples, cfg, device, progress and info.main) if info.main else None
+    barrier(info)
+    if not info.main:
+        cache = build_or_open(detector, samples, cfg, device, False)
+    return cache

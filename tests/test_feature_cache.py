@@ -1,0 +1,196 @@
+"""The frozen-feature cache: training and evaluation with it give the models and numbers they give without it, it is
+built once and shared by runs with the same backbones and images, it is never read half-written, and it is rebuilt
+when anything that changes the features changes."""
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tiny import smoke_config
+from ssvp_core.engine import feature_cache
+from ssvp_core.engine.infer import evaluate
+from ssvp_core.engine.train import train
+from ssvp_core.methods import build_detector
+
+
+def _cfg(root, out, *extra):
+    return smoke_config("ssvp", f"out_dir={out}", "train.epochs=2", "train.batch_size=4", "options.vae_hidden=32",
+                        "train.classes=[weave, washer]", *extra, root=root)
+
+
+def _params(result):
+    return {k: v for k, v in result.detector.trainable_state_dict().items()}
+
+
+def _folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def test_training_with_the_cache_gives_the_parameters_of_training_without(synth_root, tmp_path):
+    plain = train(_cfg(synth_root, tmp_path / "off", "train.feature_cache=off"), progress=False)
+    assert not (tmp_path / "off" / "features").exists()
+    exact = train(_cfg(synth_root, tmp_path / "fp32", "train.feature_cache_dtype=fp32"), progress=False)
+    rounded = train(_cfg(synth_root, tmp_path / "fp16"), progress=False)
+    assert len(_folders(tmp_path / "fp32" / "features")) == 1
+    a, b, c = _params(plain), _params(exact), _params(rounded)
+    worst_exact = max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)) for k in a)
+    worst_fp16 = max(float((a[k] - c[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)) for k in a)
+    assert worst_exact < 1e-5, worst_exact  # fp32 storage: the same model
+    assert worst_fp16 < 2e-2, worst_fp16  # fp16 storage rounds the features (~5e-4 relative): close, not identical
+    assert [h["total"] for h in plain.history] == pytest.approx([h["total"] for h in exact.history], rel=1e-5)
+
+
+def test_the_cache_is_built_once_and_shared_by_runs_with_the_same_features(synth_root, tmp_path, monkeypatch):
+    calls = []
+    original = feature_cache.build_or_open
+
+    def counting(detector, samples, cfg, device, progress=True, **kw):
+        calls.append(any(p.name.startswith(".") for p in _folders(tmp_path / "features")))
+        return original(detector, samples, cfg, device, progress, **kw)
+
+    first = train(_cfg(synth_root, tmp_path), progress=False)
+    folder, = _folders(tmp_path / "features")
+    stamp = (folder / "meta.json").stat().st_mtime_ns
+    # another seed and another head option: same frozen features, so the same cache, read not rewritten
+    second = train(_cfg(synth_root, tmp_path, "train.seed=5", "options.gamma=0.3"), progress=False)
+    assert second.checkpoint != first.checkpoint
+    assert _folders(tmp_path / "features") == [folder] and (folder / "meta.json").stat().st_mtime_ns == stamp
+    # a changed image changes the key: a second cache, the first one untouched
+    image = next((synth_root / "synth-a" / "weave" / "test").rglob("*.png"))
+    copy = tmp_path / "synth"
+    import shutil
+
+    shutil.copytree(synth_root, copy)
+    changed = copy / image.relative_to(synth_root)
+    os.utime(changed, (1, 1))
+    train(_cfg(copy, tmp_path), progress=False)
+    assert len(_folders(tmp_path / "features")) == 2
+
+
+def test_an_interrupted_build_leaves_nothing_that_would_be_read(synth_root, tmp_path, monkeypatch):
+    cfg = _cfg(synth_root, tmp_path)
+    det = build_detector(cfg)
+    real = det.frozen_features
+    seen = []
+
+    def failing(batch):
+        seen.append(1)
+        if len(seen) == 3:  # the probe, the first batch, then the interruption
+            raise KeyboardInterrupt
+        return real(batch)
+
+    monkeypatch.setattr(det, "frozen_features", failing)
+    from ssvp_core.data.registry import read_dataset
+
+    samples = read_dataset("synth-a", str(synth_root / "synth-a"), "test", ["weave", "washer"])
+    with pytest.raises(KeyboardInterrupt):
+        feature_cache.build_or_open(det, samples, cfg, torch.device("cpu"), progress=False)
+    assert _folders(tmp_path / "features") == []  # no folder, not even the temporary one
+    monkeypatch.setattr(det, "frozen_features", real)
+    cache = feature_cache.build_or_open(det, samples, cfg, torch.device("cpu"), progress=False)
+    assert len(cache) == len(samples) and len(_folders(tmp_path / "features")) == 1
+
+
+def test_large_caches_are_announced_and_oversized_ones_skipped(synth_root, tmp_path, monkeypatch, capsys):
+    from ssvp_core.data.registry import read_dataset
+
+    samples = read_dataset("synth-a", str(synth_root / "synth-a"), "test", ["weave"])
+    monkeypatch.setattr(feature_cache, "LARGE_BYTES", 1)
+    cfg = _cfg(synth_root, tmp_path)
+    det = build_detector(cfg)
+    assert feature_cache.build_or_open(det, samples, cfg, torch.device("cpu"), progress=False) is not None
+    err = capsys.readouterr().err
+    assert f"({len(samples)} images" in err and "feature cache: writing" in err and str(tmp_path) in err
+    tiny = _cfg(synth_root, tmp_path / "b", "train.feature_cache_max_gb=0.000001")
+    assert feature_cache.build_or_open(det, samples, tiny, torch.device("cpu"), progress=False) is None
+    assert "exceeds train.feature_cache_max_gb" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "features").exists()
+
+
+def test_evaluation_with_the_cache_gives_the_same_metrics(synth_root, tmp_path):
+    cfg = _cfg(synth_root, tmp_path, "train.epochs=1", "eval.feature_cache=on", "train.feature_cache_dtype=fp32")
+    det = train(cfg, progress=False).detector
+    ref = cfg.eval.datasets[0]
+    cached = evaluate(det, ref, cfg, progress=False)
+    cfg.eval.feature_cache = False
+    plain = evaluate(det, ref, cfg, progress=False)
+    assert len(_folders(tmp_path / "features")) == 2  # the training set's and the evaluation set's
+    pd.testing.assert_frame_equal(cached.metrics, plain.metrics, check_exact=False, rtol=1e-5, atol=1e-7)
+    assert cached.samples.score.to_numpy() == pytest.approx(plain.samples.score.to_numpy(), rel=1e-5)
+
+
+def test_gpu_bench_runs_its_cpu_check_and_refuses_without_cuda(tmp_path):
+    """bench/gpu.py is only timed on a GPU; here its code path runs on tiny models (no timing is asserted)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "bench" / "gpu.py"
+    out = tmp_path / "gpu.md"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run([sys.executable, str(script), "--cpu-check", "--methods", "ssvp", "--batch", "2", "--repeats", "1",
+                          "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = out.read_text()
+    assert text.startswith("CPU check on tiny random models") and "Device: cpu" in text
+    for column in ("ms/img", "img/s", "peak memory (MiB)", "precision", "batch"):
+        assert column in text
+    assert "| ssvp " in text and "|       2 |" in text
+    refused = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 2 and "needs a CUDA device" in refused.stderr
+
+
+@pytest.mark.slow
+def test_compiled_backbones_give_the_eager_maps():
+    """backbone.compile=true compiles every vision block (both towers of SSVP); inductor may reorder float sums, so the
+    maps agree to a stated 1e-4 of their range, not bit for bit."""
+    from tiny import random_batch
+
+    eager = build_detector(smoke_config("ssvp", "options.vae_hidden=32")).eval()
+    compiled = build_detector(smoke_config("ssvp", "options.vae_hidden=32", "backbone.compile=true")).eval()
+    assert type(compiled.clip.blocks[0]).__name__ == "OptimizedModule" and compiled.clip is not eager.clip
+    batch = random_batch(2)
+    with torch.inference_mode():
+        a, b = eager(batch), compiled(batch)
+    span = float(a.anomaly_map.max() - a.anomaly_map.min())
+    assert float((a.anomaly_map - b.anomaly_map).abs().max()) <= 1e-4 * span
+    assert torch.allclose(a.score, b.score, atol=1e-5)
+
+
+CACHEABLE = ("anomalyclip", "aprilgan", "bayes_pfl", "ssvp", "vip2clip")
+
+
+def test_which_methods_are_cacheable():
+    """Frozen and unaugmented vision paths only: AdaCLIP and DAPO train tokens inside the tower, WinCLIP trains
+    nothing (and its window passes depend on nothing a cache would hold across runs)."""
+    from ssvp_core.methods import REGISTRY
+
+    assert sorted(n for n, spec in REGISTRY.items() if spec.cls.cacheable) == sorted(CACHEABLE)
+
+
+@pytest.mark.parametrize("method", CACHEABLE)
+def test_heads_on_frozen_features_are_the_whole_forward_pass(method):
+    """What a cache stores is all the frozen part computes: the heads on `frozen_features`, given a batch without any
+    pixels, give the forward pass's maps, scores, loss and gradients."""
+    from tiny import random_batch
+
+    det = build_detector(smoke_config(method)).train()
+    batch = random_batch(3, classes=("bottle", "metal_nut"))
+    torch.manual_seed(0)
+    whole = det(batch)
+    loss = det.loss(whole, batch)["total"]
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in det.named_parameters() if p.grad is not None}
+    det.zero_grad()
+    with torch.no_grad():
+        features = det.frozen_features(batch)
+    pixel_free = {k: v for k, v in batch.items() if k not in ("image", "views")}
+    torch.manual_seed(0)
+    split = det({**pixel_free, "features": features})
+    split_loss = det.loss(split, batch)["total"]
+    split_loss.backward()
+    assert torch.allclose(split.anomaly_map, whole.anomaly_map, atol=1e-6)
+    assert torch.allclose(split.score, whole.score, atol=1e-6)
+    assert float(split_loss.detach()) == pytest.approx(float(loss.detach()), rel=1e-6)
+    assert grads and all(torch.allclose(p.grad, grads[n], atol=1e-6) for n, p in det.named_parameters() if n in grads)
