@@ -59,7 +59,7 @@ def measure(name: str, epochs: int, work: Path) -> None:
     later = slice(1, None)
     ratio = (sum(off[later]) / len(off[later])) / (sum(on[later]) / len(on[later]))
     print(f"{name:<5} {steps // epochs:>3} steps/epoch | no cache: " + " ".join(f"{t:7.2f}" for t in off) +
-          f" | cache: " + " ".join(f"{t:7.2f}" for t in on) +
+          " | cache: " + " ".join(f"{t:7.2f}" for t in on) +
           f" | epochs 2+: {ratio:5.2f}x faster | whole run {off_total:7.1f} s -> {on_total:7.1f} s ({off_total / on_total:.2f}x)")
 
 
