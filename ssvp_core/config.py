@@ -97,6 +97,8 @@ class TrainConfig:
     # chance that a training item is replaced by a 2x2 mosaic of four images of its class (APRIL-GAN's --aug_rate,
     # data/mosaic.py); 0 = off
     mosaic: float = 0.0
+    mosaic_draw: Literal["defect_folder", "image"] = "defect_folder"  # APRIL-GAN: a defect folder, then a file | AdaCLIP: 4 images
+    mosaic_label: Literal["item", "any_tile"] = "item"  # the releases keep the replaced item's label
 
 
 @dataclass

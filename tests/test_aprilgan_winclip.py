@@ -218,10 +218,11 @@ def mosaic_samples(root) -> list[Sample]:
     return samples
 
 
-def test_mosaic_tiles_four_images_of_the_class_with_their_masks(tmp_path):
+@pytest.mark.parametrize("draw", ["defect_folder", "image"])
+def test_mosaic_tiles_four_images_of_the_class_with_their_masks(tmp_path, draw):
     samples = mosaic_samples(tmp_path)
     base = AnomalyDataset(samples, 64, [32])
-    mosaic = MosaicDataset(base, rate=1.0, seed=0)
+    mosaic = MosaicDataset(base, rate=1.0, seed=0, draw=draw, label="any_tile")
     colours = {tuple(np.asarray(Image.open(s.image))[0, 0]): s for s in samples}
     seen_anomalous = False
     for epoch in range(4):
@@ -238,12 +239,32 @@ def test_mosaic_tiles_four_images_of_the_class_with_their_masks(tmp_path):
                 right = item["mask"][row * 32 + 16, col * 32 + 28]
                 assert (left, right) == ((1.0, 0.0) if tile.mask is not None else (0.0, 0.0))
         assert item["label"] == max(t.label for t in tiles)
+        if draw == "image":  # AdaCLIP's random.sample: the four images of the class, each once
+            assert sorted(t.image.name for t in tiles) == sorted(s.image.name for s in samples)
         seen_anomalous |= item["label"] == 1
         mosaic.epoch = epoch
         assert torch.equal(mosaic[1]["image"], item["image"])  # reproducible from (seed, epoch, index)
     assert seen_anomalous
     untouched = MosaicDataset(base, rate=0.0, seed=0)[2]
     assert torch.equal(untouched["image"], base[2]["image"]) and torch.equal(untouched["mask"], base[2]["mask"])
+
+
+def test_mosaic_keeps_the_items_label_and_spares_other_datasets(tmp_path):
+    """Both releases keep the replaced item's label (AdaCLIP's image loss reads it); AdaCLIP's pooled second training
+    set gets no mosaics."""
+    samples = mosaic_samples(tmp_path)
+    base = AnomalyDataset(samples, 64)
+    mosaic = MosaicDataset(base, rate=1.0, seed=0, draw="image")
+    assert [int(mosaic[i]["label"]) for i in range(4)] == [s.label for s in samples]
+    assert not torch.equal(mosaic[0]["image"], base[0]["image"])
+    spared = MosaicDataset(base, rate=1.0, seed=0, datasets={"another"})
+    assert all(torch.equal(spared[i]["image"], base[i]["image"]) for i in range(4))
+
+
+def test_adaclip_trains_on_mvtec_with_its_released_mosaic():
+    mvtec = load_config("paper", "adaclip", ["train.dataset=mvtec"])
+    assert (mvtec.train.mosaic, mvtec.train.mosaic_draw, mvtec.train.mosaic_label) == (0.2, "image", "item")
+    assert load_config("paper", "adaclip", ["train.dataset=visa"]).train.mosaic == 0.0
 
 
 def test_training_with_mosaic_runs_through_the_engine(synth_root, tmp_path):

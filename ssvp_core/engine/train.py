@@ -153,7 +153,9 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
     # with a cache the loader reads masks and labels only; the features stand in for the pixels
     dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes(), images=cache is None)
     if cfg.train.mosaic > 0:
-        dataset = MosaicDataset(dataset, cfg.train.mosaic, cfg.train.seed)
+        # mosaics only for the primary training set (AdaCLIP pools ColonDB / ClinicDB without them)
+        dataset = MosaicDataset(dataset, cfg.train.mosaic, cfg.train.seed, cfg.train.mosaic_draw, cfg.train.mosaic_label,
+                                {cfg.train.dataset})
     model = detector
     if info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(detector, device_ids=[device.index] if device.type == "cuda" else None,

@@ -118,10 +118,12 @@ register(MethodSpec("anomalyclip", AnomalyCLIP, AnomalyCLIPOptions, "AnomalyCLIP
                     train_defaults={"epochs": 15, "batch_size": 8, "lr_prompt": 1e-3, "lr_head": 1e-3, **_CONSTANT},
                     backbone_defaults={"clip": {"pos_embed_interpolation": "bilinear"}, "precision": "fp32"}))
 # AdaCLIP train.py/trainer.py: AdamW(0.5, 0.999) with its default weight decay 0.01, lr 0.01 for every parameter, no
-# schedule, 5 epochs, batch 1; CLIP built with exact GELU (its model configs), forward under fp16 autocast
+# schedule, 5 epochs, batch 1; CLIP built with exact GELU (its model configs), forward under fp16 autocast; its MVTec-AD
+# training set (dataset/mvtec.py) makes 20% of the items mosaics of four images of their class
 register(MethodSpec("adaclip", AdaCLIP, AdaCLIPOptions, "AdaCLIP (Cao et al., ECCV 2024)",
                     train_defaults={"epochs": 5, "batch_size": 1, "lr_prompt": 1e-2, "lr_head": 1e-2, "optimizer": "adamw",
                                     "weight_decay": 0.01, **_CONSTANT},
+                    train_defaults_by_dataset={"mvtec": {"mosaic": 0.2, "mosaic_draw": "image"}},
                     backbone_defaults={"clip": {"activation": "gelu"}, "precision": "fp16"}))
 # Bayes-PFL train.sh / train.py: 30 epochs, batch 32, seed 333; prompts 1e-3, linear layers 1e-4 (flows and
 # temperatures: the method's options); its CLIP uses exact GELU in both towers and runs in fp32
