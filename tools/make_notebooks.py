@@ -24,7 +24,9 @@ NOTEBOOKS = {
     "tsne": ("Figure 6: t-SNE of prompt embeddings", "Prompt embeddings of the baseline and of SSVP, per image.", {"dataset": None}),
     "sensitivity": ("Figures 7-8: sensitivity to gamma and xi", "Step-wise coordinate search around gamma = 0.5 and xi = 0.85.",
                     {"dataset": None, "gammas": None, "xis": None}),
-    "efficiency": ("Efficiency", "Parameters, GFLOPs, latency and peak memory of every method (the paper has none).", {"methods": None}),
+    "efficiency": ("Efficiency", "Parameters, GFLOPs, latency and peak memory of every method (the paper has none), "
+                   "and the GPU table `bench/gpu.py --out` wrote (`gpu_table`: its path, None = bench/results/gpu.md).",
+                   {"methods": None, "gpu_table": None}),
     "vip2clip": ("ViP2-CLIP's tables", "ViP2-CLIP (arXiv 2505.17692) Tables 1-2 layout.", {"datasets": None, "methods": None}),
     "dapo": ("DAPO's tables", "DAPO (arXiv 2512.09446): binary and multi-type defect segmentation.", {"datasets": None}),
 }
@@ -44,6 +46,8 @@ def make(name: str, title: str, text: str, extra: dict) -> nbf.NotebookNode:
         nbf.v4.new_code_cell("\n".join(params), metadata={"tags": ["parameters"]}),
         nbf.v4.new_code_cell(f"from ssvp_core.reports import pages\n\nresult = pages.{name}({call_args})"),
     ]
+    for i, cell in enumerate(cells):  # stable ids: regenerating an unchanged notebook changes nothing
+        cell["id"] = f"{name}-{i}"
     nb.cells = cells
     return nb
 

@@ -12,8 +12,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
+
+GPU_TABLE = "bench/results/gpu.md"  # where `bench/gpu.py --out` writes the table the efficiency page shows
 
 _CHILD = r"""
 import json, resource, statistics, sys, time, torch
@@ -68,3 +71,12 @@ def measure(profile: str, methods: list[str], device: str = "cpu", repeats: int 
             raise RuntimeError(f"measuring {method} failed:\n{proc.stderr[-2000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return pd.DataFrame(rows)
+
+
+def gpu_table_note(path: str | os.PathLike = GPU_TABLE) -> str:
+    """The efficiency page's GPU section: the table `bench/gpu.py --out PATH` wrote, or how to produce it."""
+    table = Path(path)
+    if not table.is_file():
+        return (f"No GPU measurement in `{path}`: on a CUDA machine, `python bench/gpu.py --out {path}` measures every "
+                "method at paper settings and this page shows its table.")
+    return f"GPU measurement by `bench/gpu.py` (`{path}`, {table.stat().st_size} bytes):\n\n{table.read_text().strip()}"

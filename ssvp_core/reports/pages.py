@@ -433,8 +433,9 @@ def sensitivity(profile="smoke", out_dir="reports/smoke/sensitivity", dataset=No
     page.figure("figure8", "Figure 8: sensitivity to the margin xi (paper peak 0.85)", figures.sensitivity_plot(x, "xi", "ξ", 0.85))
 
 
-def efficiency(profile="smoke", out_dir="reports/smoke/efficiency", methods=None, overrides=(), device="cpu"):
-    from .efficiency import measure
+def efficiency(profile="smoke", out_dir="reports/smoke/efficiency", methods=None, gpu_table=None, overrides=(),
+               device="cpu"):
+    from .efficiency import GPU_TABLE, gpu_table_note, measure
 
     page = Page("efficiency", profile, out_dir, overrides, "auto")
     methods = list(methods or ["winclip", "aprilgan", "anomalyclip", "adaclip", "bayes_pfl", "vip2clip", "dapo", "ssvp"])
@@ -443,6 +444,7 @@ def efficiency(profile="smoke", out_dir="reports/smoke/efficiency", methods=None
     page.note("Not in the paper. One image per forward pass; GFLOPs count matrix products and convolutions "
               "(torch.utils.flop_counter); peak memory is the process's peak RSS on CPU or peak allocated memory on GPU.")
     page.table("efficiency", "Efficiency per method", frame.set_index("method"), frame)
+    page.note(gpu_table_note(gpu_table or GPU_TABLE))
     return frame
 
 
