@@ -90,7 +90,7 @@ class TrainConfig:
     grad_checkpointing: bool = False  # for methods that backprop through a backbone (DAPO)
     # frozen-feature cache (engine/feature_cache.py) for methods whose vision path is frozen and unaugmented
     feature_cache: bool = True  # `--set train.feature_cache=off` disables it (YAML reads off as false)
-    feature_cache_dtype: Literal["fp16", "fp32"] = "fp16"
+    feature_cache_dtype: Literal["auto", "fp16", "fp32"] = "auto"  # auto: each feature as the backbone gave it (exact)
     feature_cache_dir: str = ""  # "" = <out_dir>/features
     feature_cache_ram_gb: float = 4.0  # caches up to this size are read into memory, larger ones memory-mapped
     feature_cache_max_gb: float = 500.0  # a cache larger than this is not written (the run goes on without it)

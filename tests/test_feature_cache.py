@@ -31,13 +31,13 @@ def _folders(root: Path) -> list[Path]:
 def test_training_with_the_cache_gives_the_parameters_of_training_without(synth_root, tmp_path):
     plain = train(_cfg(synth_root, tmp_path / "off", "train.feature_cache=off"), progress=False)
     assert not (tmp_path / "off" / "features").exists()
-    exact = train(_cfg(synth_root, tmp_path / "fp32", "train.feature_cache_dtype=fp32"), progress=False)
-    rounded = train(_cfg(synth_root, tmp_path / "fp16"), progress=False)
-    assert len(_folders(tmp_path / "fp32" / "features")) == 1
+    exact = train(_cfg(synth_root, tmp_path / "auto"), progress=False)  # fp32 backbone: stored in fp32
+    rounded = train(_cfg(synth_root, tmp_path / "fp16", "train.feature_cache_dtype=fp16"), progress=False)
+    assert len(_folders(tmp_path / "auto" / "features")) == 1
     a, b, c = _params(plain), _params(exact), _params(rounded)
     worst_exact = max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)) for k in a)
     worst_fp16 = max(float((a[k] - c[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)) for k in a)
-    assert worst_exact < 1e-5, worst_exact  # fp32 storage: the same model
+    assert worst_exact < 1e-5, worst_exact  # the features as computed: the same model
     assert worst_fp16 < 2e-2, worst_fp16  # fp16 storage rounds the features (~5e-4 relative): close, not identical
     assert [h["total"] for h in plain.history] == pytest.approx([h["total"] for h in exact.history], rel=1e-5)
 
@@ -109,8 +109,26 @@ def test_large_caches_are_announced_and_oversized_ones_skipped(synth_root, tmp_p
     assert not (tmp_path / "b" / "features").exists()
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_default_storage_gives_back_exactly_what_the_backbone_computed(synth_root, tmp_path, precision):
+    from ssvp_core.data.registry import read_dataset
+    from ssvp_core.engine.batches import collate
+
+    samples = read_dataset("synth-a", str(synth_root / "synth-a"), "test", ["weave"])[:5]
+    cfg = _cfg(synth_root, tmp_path, f"backbone.precision={precision}")
+    det = build_detector(cfg).eval()
+    cache = feature_cache.build_or_open(det, samples, cfg, torch.device("cpu"), progress=False)
+    dataset = feature_cache.AnomalyDataset(samples, cfg.image_size, det.input_sizes(), masks=False)
+    with torch.inference_mode():
+        direct = det.frozen_features(collate([dataset[i] for i in (3, 1)]))
+    read = cache.take([3, 1], torch.device("cpu"))
+    assert set(read) == set(direct)
+    for name, value in direct.items():
+        assert read[name].dtype == value.dtype and torch.equal(read[name], value), name
+
+
 def test_evaluation_with_the_cache_gives_the_same_metrics(synth_root, tmp_path):
-    cfg = _cfg(synth_root, tmp_path, "train.epochs=1", "eval.feature_cache=on", "train.feature_cache_dtype=fp32")
+    cfg = _cfg(synth_root, tmp_path, "train.epochs=1", "eval.feature_cache=on")
     det = train(cfg, progress=False).detector
     ref = cfg.eval.datasets[0]
     cached = evaluate(det, ref, cfg, progress=False)

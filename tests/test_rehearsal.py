@@ -228,14 +228,8 @@ def test_reproduce_rehearsal_runs_every_notebook_green(tmp_path):
     index = tmp_path / index
     status = json.loads((index.parent / "status.json").read_text())
     failed = {name: s["error"] for name, s in status.items() if s["status"] != "ok"}
-    known = {name: error for name, error in failed.items() if name == "dapo" and KNOWN_DAPO_BUG in error}
-    assert set(status) == set(PAGES) and {n: e for n, e in failed.items() if n not in known} == {}
+    assert set(status) == set(PAGES) and failed == {}
     assert "REHEARSAL PROFILE" in index.read_text()
     table1 = json.loads((index.parent / "table1" / "manifest.json").read_text())
     assert any("mvtec, btad, ksdd2, rsdd, dagm, dtd <- visa" in note for note in table1["notes"])
     assert any("adaclip: mvtec <- visa+clinicdb" in note for note in table1["notes"])
-    if known:  # XFAIL until the DAPO fix lands (seed_methods_fidelity.md D-H2, data/defects.py: another helper's)
-        pytest.xfail(f"DAPO bug D-H2, VisA's verbose image_anno.csv labels have no DAPO anchor: {known['dapo']}")
-
-
-KNOWN_DAPO_BUG = "defect folder 'chunk of wax missing' has no anchor"

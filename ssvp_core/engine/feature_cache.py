@@ -11,8 +11,12 @@ Identity. A cache folder is named by a fingerprint of everything that changes th
 `feature_spec()`, the input sizes, the loader's preprocessing version, the stored dtype and the images themselves
 (path, size, mtime of every file). Change any of these and a new cache is built; nothing stale is ever read.
 
-Storage. One array per feature name, (N, ...) in float16 (or float32), as `.npy` files that are memory-mapped, or
-read into memory when the whole cache is under `train.feature_cache_ram_gb`. The folder is written under a temporary
+Storage. One array per feature name, (N, ...), as `.npy` files that are memory-mapped, or read into memory when the
+whole cache is under `train.feature_cache_ram_gb`. `auto` (the default) stores each feature so that it reads back exactly
+as the backbone gave it (fp16 as fp16, fp32 and bf16 as fp32): training and evaluation see what they would see
+without the cache. Every method's `frozen_features` returns fp32 today (projections and norms end in fp32, also under
+autocast), so `auto` means 4 bytes per value. `fp16` halves that at the price of rounding (~5e-4 relative, which
+measurably moves a short training run's outcome: ViP2-CLIP's 10-epoch learning test, README "Speed"). The folder is written under a temporary
 name and renamed when complete, so an interrupted run never leaves a half-written cache where a good one would be
 read; the disk use is printed before a large cache is written, and a cache over `feature_cache_max_gb` is not
 written at all (the run goes on without it).
@@ -41,9 +45,20 @@ from .batches import collate, to_device
 from .runtime import DistInfo, barrier
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1  # bump when the stored layout or the loader's preprocessing changes
+CACHE_VERSION = 2  # bump when the stored layout or the loader's preprocessing changes
 LARGE_BYTES = 1 << 30  # announce caches from 1 GiB on
-DTYPES = {"fp16": np.float16, "fp32": np.float32}
+STORED = {"fp16": "float16", "fp32": "float32"}  # an explicit train.feature_cache_dtype: every feature in that dtype
+_TORCH = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def feature_dtypes(probe: dict[str, torch.Tensor]) -> dict[str, str]:
+    names = {v: k for k, v in _TORCH.items()}
+    return {name: names.get(value.dtype, "float32") for name, value in probe.items()}
+
+
+def storage_dtypes(given: dict[str, str], choice: str) -> dict[str, str]:
+    """What each feature is stored as: the choice, or (`auto`) the narrowest dtype that holds it exactly."""
+    return {name: STORED.get(choice) or ("float16" if dtype == "float16" else "float32") for name, dtype in given.items()}
 
 
 def _file_identity(path: str) -> list:
@@ -71,26 +86,30 @@ def cache_key(detector, samples: Sequence[Sample], dtype: str) -> str:
 class FeatureCache:
     """The frozen features of one list of samples, as arrays indexed by the sample's position in that list."""
 
-    def __init__(self, folder: Path, arrays: dict[str, np.ndarray]):
+    def __init__(self, folder: Path, arrays: dict[str, np.ndarray], stored: dict[str, str], given: dict[str, str]):
         self.folder = folder
         self.arrays = arrays
+        self.stored, self.given = stored, given  # per feature: the dtype on disk, the dtype the backbone gave
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
 
     def take(self, index: torch.Tensor | Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
-        """The features of the given sample positions, as float32 tensors on `device`."""
+        """The features of the given sample positions on `device`, in the dtype the backbone gave them."""
         idx = np.asarray(index.cpu() if torch.is_tensor(index) else index, dtype=np.int64)
-        return {name: torch.from_numpy(np.ascontiguousarray(a[idx])).to(device=device, dtype=torch.float32)
+        return {name: torch.from_numpy(np.ascontiguousarray(a[idx])).to(device=device, dtype=_TORCH[self.given[name]])
                 for name, a in self.arrays.items()}
+
+
+def _nbytes(shapes: dict[str, list[int]], stored: dict[str, str]) -> int:
+    return sum(int(np.prod(shape)) * np.dtype(stored[name]).itemsize for name, shape in shapes.items())
 
 
 def open_cache(folder: Path, ram_bytes: float) -> FeatureCache:
     meta = json.loads((folder / "meta.json").read_text())
-    total = sum(np.prod(shape) * np.dtype(meta["dtype"]).itemsize for shape in meta["shapes"].values())
-    mode = None if total <= ram_bytes else "r"
+    mode = None if _nbytes(meta["shapes"], meta["stored"]) <= ram_bytes else "r"
     arrays = {name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in meta["shapes"]}
-    return FeatureCache(folder, arrays)
+    return FeatureCache(folder, arrays, meta["stored"], meta["given"])
 
 
 def build_or_open(detector, samples: Sequence[Sample], cfg, device: torch.device, progress: bool = True,
@@ -105,12 +124,13 @@ def build_or_open(detector, samples: Sequence[Sample], cfg, device: torch.device
     ram = t.feature_cache_ram_gb * (1 << 30)
     if (folder / "meta.json").is_file():
         return open_cache(folder, ram)
-    dtype = DTYPES[t.feature_cache_dtype]
     dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes(), masks=False)
     with torch.inference_mode():
         probe = detector.frozen_features(to_device(collate([dataset[0]]), device))
     shapes = {name: [len(samples), *v.shape[1:]] for name, v in probe.items()}
-    total = sum(int(np.prod(s)) for s in shapes.values()) * np.dtype(dtype).itemsize
+    given = feature_dtypes(probe)
+    stored = storage_dtypes(given, t.feature_cache_dtype)
+    total = _nbytes(shapes, stored)
     if total > t.feature_cache_max_gb * (1 << 30):
         print(f"feature cache: {total / (1 << 30):.1f} GiB for {len(samples)} images exceeds train.feature_cache_max_gb="
               f"{t.feature_cache_max_gb:g}; running without it", file=sys.stderr)
@@ -121,8 +141,8 @@ def build_or_open(detector, samples: Sequence[Sample], cfg, device: torch.device
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
     try:
-        arrays = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=tuple(shape))
-                  for name, shape in shapes.items()}
+        arrays = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=stored[name],
+                                                  shape=tuple(shape)) for name, shape in shapes.items()}
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                              collate_fn=collate)
         pos = 0
@@ -131,12 +151,12 @@ def build_or_open(detector, samples: Sequence[Sample], cfg, device: torch.device
                 feats = detector.frozen_features(to_device(batch, device))
             n = len(batch["index"])
             for name, value in feats.items():
-                arrays[name][pos:pos + n] = value.float().cpu().numpy().astype(dtype)
+                arrays[name][pos:pos + n] = value.detach().float().cpu().numpy()  # cast to the stored dtype
             pos += n
         for a in arrays.values():
             a.flush()
         del arrays
-        io.write_json(tmp / "meta.json", {"dtype": np.dtype(dtype).name, "shapes": shapes, "method": detector.name,
+        io.write_json(tmp / "meta.json", {"stored": stored, "given": given, "shapes": shapes, "method": detector.name,
                                           "samples": [str(s.image) for s in samples]})
         try:
             os.rename(tmp, folder)
