@@ -2,7 +2,9 @@
 built once and shared by runs with the same backbones and images, it is never read half-written, and it is rebuilt
 when anything that changes the features changes."""
 import os
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -60,8 +62,6 @@ def test_the_cache_is_built_once_and_shared_by_runs_with_the_same_features(synth
     # a changed image changes the key: a second cache, the first one untouched
     image = next((synth_root / "synth-a" / "weave" / "test").rglob("*.png"))
     copy = tmp_path / "synth"
-    import shutil
-
     shutil.copytree(synth_root, copy)
     changed = copy / image.relative_to(synth_root)
     os.utime(changed, (1, 1))
@@ -107,6 +107,13 @@ def test_large_caches_are_announced_and_oversized_ones_skipped(synth_root, tmp_p
     assert feature_cache.build_or_open(det, samples, tiny, torch.device("cpu"), progress=False) is None
     assert "exceeds train.feature_cache_max_gb" in capsys.readouterr().err
     assert not (tmp_path / "b" / "features").exists()
+    # a disk without room for it: no cache, no half-written files, the way out named
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=100, used=99, free=1))
+    full = _cfg(synth_root, tmp_path / "c")
+    assert feature_cache.build_or_open(det, samples, full, torch.device("cpu"), progress=False) is None
+    err = capsys.readouterr().err
+    assert "free on" in err and str(tmp_path / "c" / "features") in err and "train.feature_cache_dir" in err
+    assert _folders(tmp_path / "c" / "features") == []
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -47,6 +47,7 @@ from .runtime import DistInfo, barrier
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # bump when the stored layout or the loader's preprocessing changes
 LARGE_BYTES = 1 << 30  # announce caches from 1 GiB on
+FREE_SHARE = 0.9  # a cache may take at most this share of the free disk space
 STORED = {"fp16": "float16", "fp32": "float32"}  # an explicit train.feature_cache_dtype: every feature in that dtype
 _TORCH = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -135,10 +136,16 @@ def build_or_open(detector, samples: Sequence[Sample], cfg, device: torch.device
         print(f"feature cache: {total / (1 << 30):.1f} GiB for {len(samples)} images exceeds train.feature_cache_max_gb="
               f"{t.feature_cache_max_gb:g}; running without it", file=sys.stderr)
         return None
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if total > FREE_SHARE * free:
+        print(f"feature cache: {total / (1 << 30):.1f} GiB for {len(samples)} images, but only {free / (1 << 30):.1f} GiB "
+              f"free on {root}; running without it (set train.feature_cache_dir to a larger disk, or "
+              "train.feature_cache_dtype=fp16 to halve it)", file=sys.stderr)
+        return None
     if total >= LARGE_BYTES:
         print(f"feature cache: writing {total / (1 << 30):.1f} GiB ({len(samples)} images, "
               f"{total / len(samples) / (1 << 20):.1f} MiB each) to {folder}", file=sys.stderr)
-    root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
     try:
         arrays = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=stored[name],
