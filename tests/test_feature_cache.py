@@ -162,6 +162,11 @@ def test_gpu_bench_runs_its_cpu_check_and_refuses_without_cuda(tmp_path):
     for column in ("ms/img", "img/s", "peak memory (MiB)", "precision", "batch"):
         assert column in text
     assert "| ssvp " in text and "|       2 |" in text
+    from ssvp_core.reports.efficiency import read_gpu_table  # what the efficiency page reads back
+
+    device, table = read_gpu_table(out)
+    assert device == "cpu" and table["method"].tolist() == ["ssvp"] and table["batch"].tolist() == [2]
+    assert (table["ms/img"] > 0).all() and table["precision"].tolist() == ["fp32"]
     refused = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert refused.returncode == 2 and "needs a CUDA device" in refused.stderr
 

@@ -303,7 +303,8 @@ def test_vip2clip_page_leaves_out_medical_sets_not_on_disk(tmp_path, monkeypatch
 
 
 def test_efficiency_page_shows_the_gpu_table_bench_gpu_wrote(tmp_path, monkeypatch):
-    """bench/gpu.py --out writes a Markdown table; the efficiency page shows it verbatim, or says how to make it."""
+    """bench/gpu.py --out writes a Markdown table; the efficiency page shows it as a table with its device, or says
+    how to make it."""
     from ssvp_core.reports import efficiency, experiments, pages
 
     measured = pd.DataFrame([{"method": "ssvp", "total_params_M": 1.0, "ms_per_image": 2.0}])
@@ -312,10 +313,19 @@ def test_efficiency_page_shows_the_gpu_table_bench_gpu_wrote(tmp_path, monkeypat
     monkeypatch.setattr(experiments, "section", lambda profile, key, default=None:
                         None if key == "synthetic" else real_section(profile, key, default))
     table = tmp_path / "gpu.md"
-    table.write_text("Device: NVIDIA H100 80GB HBM3 (cuda)\n\n| method | ms/img |\n|:--|--:|\n| ssvp | 41.27 |\n")
+    table.write_text("Device: NVIDIA H100 80GB HBM3 (cuda)\n\n| method | ms/img | precision |\n|:--|--:|:--|\n"
+                     "| ssvp | 41.27 | bf16 |\n| winclip | 3.50 | fp32 |\n")
     pages.efficiency("smoke", out_dir=str(tmp_path / "with"), gpu_table=str(table))
     pages.efficiency("smoke", out_dir=str(tmp_path / "without"), gpu_table=str(tmp_path / "absent.md"))
-    with_table = json.loads((tmp_path / "with" / "manifest.json").read_text())["notes"][-1]
-    without = json.loads((tmp_path / "without" / "manifest.json").read_text())["notes"][-1]
-    assert with_table.endswith(table.read_text().strip()) and "NVIDIA H100 80GB HBM3" in with_table
-    assert "No GPU measurement" in without and f"bench/gpu.py --out {tmp_path / 'absent.md'}" in without
+    manifest = json.loads((tmp_path / "with" / "manifest.json").read_text())
+    gpu, = [t for t in manifest["tables"] if t["name"] == "gpu"]
+    assert "NVIDIA H100 80GB HBM3 (cuda)" in gpu["title"]
+    shown = pd.read_csv(tmp_path / "with" / gpu["csv"])
+    assert shown.to_dict("list") == {"method": ["ssvp", "winclip"], "ms/img": [41.27, 3.5], "precision": ["bf16", "fp32"]}
+    without = json.loads((tmp_path / "without" / "manifest.json").read_text())
+    assert [t["name"] for t in without["tables"]] == ["efficiency"]
+    assert "No GPU measurement" in without["notes"][-1]
+    assert f"bench/gpu.py --out {tmp_path / 'absent.md'}" in without["notes"][-1]
+    table.write_text("Device: x\n\nnot a table\n")
+    with pytest.raises(ValueError, match="bench/gpu.py --out"):
+        efficiency.read_gpu_table(table)

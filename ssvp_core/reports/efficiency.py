@@ -73,10 +73,20 @@ def measure(profile: str, methods: list[str], device: str = "cpu", repeats: int 
     return pd.DataFrame(rows)
 
 
-def gpu_table_note(path: str | os.PathLike = GPU_TABLE) -> str:
-    """The efficiency page's GPU section: the table `bench/gpu.py --out PATH` wrote, or how to produce it."""
+def read_gpu_table(path: str | os.PathLike = GPU_TABLE) -> tuple[str, pd.DataFrame] | None:
+    """The device line and the table `bench/gpu.py --out PATH` wrote (Markdown), or None when there is none."""
     table = Path(path)
     if not table.is_file():
-        return (f"No GPU measurement in `{path}`: on a CUDA machine, `python bench/gpu.py --out {path}` measures every "
-                "method at paper settings and this page shows its table.")
-    return f"GPU measurement by `bench/gpu.py` (`{path}`, {table.stat().st_size} bytes):\n\n{table.read_text().strip()}"
+        return None
+    lines = table.read_text().splitlines()
+    device = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Device:")), "unknown device")
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines if line.startswith("|")]
+    if len(rows) < 3:
+        raise ValueError(f"{path} holds no Markdown table with a header and rows; rewrite it with "
+                         f"`python bench/gpu.py --out {path}`")
+    frame = pd.DataFrame(rows[2:], columns=rows[0])  # rows[1] is the |---| separator
+    for column in frame.columns[1:]:
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        if numbers.notna().all():
+            frame[column] = numbers
+    return device, frame

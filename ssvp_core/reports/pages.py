@@ -435,7 +435,7 @@ def sensitivity(profile="smoke", out_dir="reports/smoke/sensitivity", dataset=No
 
 def efficiency(profile="smoke", out_dir="reports/smoke/efficiency", methods=None, gpu_table=None, overrides=(),
                device="cpu"):
-    from .efficiency import GPU_TABLE, gpu_table_note, measure
+    from .efficiency import GPU_TABLE, measure, read_gpu_table
 
     page = Page("efficiency", profile, out_dir, overrides, "auto")
     methods = list(methods or ["winclip", "aprilgan", "anomalyclip", "adaclip", "bayes_pfl", "vip2clip", "dapo", "ssvp"])
@@ -444,7 +444,14 @@ def efficiency(profile="smoke", out_dir="reports/smoke/efficiency", methods=None
     page.note("Not in the paper. One image per forward pass; GFLOPs count matrix products and convolutions "
               "(torch.utils.flop_counter); peak memory is the process's peak RSS on CPU or peak allocated memory on GPU.")
     page.table("efficiency", "Efficiency per method", frame.set_index("method"), frame)
-    page.note(gpu_table_note(gpu_table or GPU_TABLE))
+    gpu_table = gpu_table or GPU_TABLE
+    measured = read_gpu_table(gpu_table)
+    if measured is None:
+        page.note(f"No GPU measurement in {gpu_table}: on a CUDA machine, `python bench/gpu.py --out {gpu_table}` "
+                  "measures every method at paper settings and this page shows its table.")
+    else:
+        device, gpu = measured
+        page.table("gpu", f"GPU, paper settings ({device}; bench/gpu.py, {gpu_table})", gpu.set_index(gpu.columns[0]), gpu)
     return frame
 
 
