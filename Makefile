@@ -30,6 +30,7 @@ test-fast: setup
 bench: setup
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/infer.py
+	$(BIN)/python bench/train_cache.py
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
