@@ -329,3 +329,23 @@ def test_efficiency_page_shows_the_gpu_table_bench_gpu_wrote(tmp_path, monkeypat
     table.write_text("Device: x\n\nnot a table\n")
     with pytest.raises(ValueError, match="bench/gpu.py --out"):
         efficiency.read_gpu_table(table)
+
+
+def test_a_new_gpu_table_reruns_the_efficiency_notebook_only(tmp_path, monkeypatch):
+    """`ssvp reproduce` skips unchanged notebooks; the GPU table is an input of the efficiency page, so writing one
+    (bench/gpu.py --out, relative to where reproduce runs) must re-run that page and no other."""
+    from ssvp_core.reports.efficiency import GPU_TABLE
+    from ssvp_core.reports.runner import DEFAULT_NOTEBOOKS, notebook_key
+
+    monkeypatch.chdir(tmp_path)
+
+    def keys():
+        return {n: notebook_key(n, DEFAULT_NOTEBOOKS, "smoke", [], "digest") for n in ("efficiency", "table1")}
+
+    before = keys()
+    (tmp_path / GPU_TABLE).parent.mkdir(parents=True)
+    (tmp_path / GPU_TABLE).write_text("Device: cuda\n\n| method | ms/img |\n|:--|--:|\n| ssvp | 1.00 |\n")
+    after = keys()
+    assert after["efficiency"] != before["efficiency"] and after["table1"] == before["table1"]
+    (tmp_path / GPU_TABLE).write_text("Device: cuda\n\n| method | ms/img |\n|:--|--:|\n| ssvp | 2.00 |\n")
+    assert keys()["efficiency"] != after["efficiency"]

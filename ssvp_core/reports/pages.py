@@ -22,6 +22,7 @@ import pandas as pd
 from .. import io
 from . import SMOKE_BANNER
 from . import experiments, figures, tables
+from .efficiency import GPU_TABLE
 
 STYLE = "border-collapse:collapse;font-size:12px"
 MISSING = "—"
@@ -435,7 +436,7 @@ def sensitivity(profile="smoke", out_dir="reports/smoke/sensitivity", dataset=No
 
 def efficiency(profile="smoke", out_dir="reports/smoke/efficiency", methods=None, gpu_table=None, overrides=(),
                device="cpu"):
-    from .efficiency import GPU_TABLE, measure, read_gpu_table
+    from .efficiency import measure, read_gpu_table
 
     page = Page("efficiency", profile, out_dir, overrides, "auto")
     methods = list(methods or ["winclip", "aprilgan", "anomalyclip", "adaclip", "bayes_pfl", "vip2clip", "dapo", "ssvp"])
@@ -450,8 +451,9 @@ def efficiency(profile="smoke", out_dir="reports/smoke/efficiency", methods=None
         page.note(f"No GPU measurement in {gpu_table}: on a CUDA machine, `python bench/gpu.py --out {gpu_table}` "
                   "measures every method at paper settings and this page shows its table.")
     else:
-        device, gpu = measured
-        page.table("gpu", f"GPU, paper settings ({device}; bench/gpu.py, {gpu_table})", gpu.set_index(gpu.columns[0]), gpu)
+        gpu_device, gpu = measured
+        page.table("gpu", f"GPU, paper settings ({gpu_device}; bench/gpu.py, {gpu_table})", gpu.set_index(gpu.columns[0]),
+                   gpu)
     return frame
 
 
@@ -503,6 +505,8 @@ def dapo(profile="smoke", out_dir="reports/smoke/dapo", datasets=None, overrides
     return binary
 
 
+# files a page reads besides the package and the run caches: a change re-runs its notebook (runner.notebook_key)
+PAGE_INPUTS = {"efficiency": (GPU_TABLE,)}
 PAGES = {f.__name__: f for f in (table1, table2, table3, table4, table5, qualitative, tsne, sensitivity, efficiency, vip2clip, dapo)}
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .. import io
 from ..errors import ConfigError
-from .pages import PAGES
+from .pages import PAGE_INPUTS, PAGES
 
 PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_NOTEBOOKS = PACKAGE.parent / "notebooks"
@@ -46,6 +46,15 @@ def sources_digest() -> str:
 
 def notebook_path(name: str, notebooks_dir: Path) -> Path:
     return Path(notebooks_dir) / f"{name}.ipynb"
+
+
+def notebook_key(name: str, notebooks_dir: Path, profile: str, overrides: list[str], digest: str) -> str:
+    """What a notebook's outputs depend on: its text, the profile, the overrides, the package's sources and the
+    files its page reads besides them (`PAGE_INPUTS`, e.g. the GPU table bench/gpu.py wrote)."""
+    files = [(f, hashlib.sha256(Path(f).read_bytes()).hexdigest() if Path(f).is_file() else None)
+             for f in PAGE_INPUTS.get(name, ())]
+    text = notebook_path(name, notebooks_dir).read_text()
+    return hashlib.sha256(json.dumps([text, profile, overrides, digest, files]).encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -160,7 +169,7 @@ def reproduce(profile: str = "smoke", only: list[str] | None = None, jobs: int =
     say = log or tqdm.write
     todo = []
     for name in names:
-        key = hashlib.sha256(json.dumps([notebook_path(name, notebooks_dir).read_text(), profile, overrides, digest]).encode()).hexdigest()[:16]
+        key = notebook_key(name, notebooks_dir, profile, overrides, digest)
         previous = status.get(name, {})
         if not force and previous.get("status") == "ok" and previous.get("key") == key and (report_dir / name / "manifest.json").is_file():
             say(f"{name}: unchanged since its last successful run, skipped")
