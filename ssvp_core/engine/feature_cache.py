@@ -87,10 +87,10 @@ def cache_key(detector, samples: Sequence[Sample], dtype: str) -> str:
 class FeatureCache:
     """The frozen features of one list of samples, as arrays indexed by the sample's position in that list."""
 
-    def __init__(self, folder: Path, arrays: dict[str, np.ndarray], stored: dict[str, str], given: dict[str, str]):
+    def __init__(self, folder: Path, arrays: dict[str, np.ndarray], given: dict[str, str]):
         self.folder = folder
         self.arrays = arrays
-        self.stored, self.given = stored, given  # per feature: the dtype on disk, the dtype the backbone gave
+        self.given = given  # per feature: the dtype the backbone gave it, restored on reading
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
@@ -110,7 +110,7 @@ def open_cache(folder: Path, ram_bytes: float) -> FeatureCache:
     meta = json.loads((folder / "meta.json").read_text())
     mode = None if _nbytes(meta["shapes"], meta["stored"]) <= ram_bytes else "r"
     arrays = {name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in meta["shapes"]}
-    return FeatureCache(folder, arrays, meta["stored"], meta["given"])
+    return FeatureCache(folder, arrays, meta["given"])
 
 
 def build_or_open(detector, samples: Sequence[Sample], cfg, device: torch.device, progress: bool = True,
