@@ -106,7 +106,9 @@ def test_anomalyclip_map_and_image_score_rules_written_out():
         score_ln = ((F.normalize(with_ln, dim=-1) @ text.T) / 0.07).softmax(-1)[:, 1]
     assert torch.allclose(out.anomaly_map.double(), expected, atol=1e-5)
     assert torch.allclose(out.score.double(), score, atol=1e-6)
-    assert (score - score_ln).abs().max() > 1e-4  # ln_post would change the score
+    # The tiny tower's ln_post is close to a plain normalisation, so the rule it tells apart is measured against
+    # the tolerance above: with ln_post the score would fail that assertion by at least 10x.
+    assert (score - score_ln).abs().max() > 1e-5
 
 
 def test_anomalyclip_loss_is_ce_plus_four_times_focal_and_two_dice_per_layer():
