@@ -37,8 +37,10 @@ def synth_copy(synth_root, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def learning_root(tmp_path_factory) -> Path:
-    """A larger synthetic benchmark for the learning tests: train on synth-a's test split, evaluate on synth-b."""
-    root = tmp_path_factory.mktemp("learn")
-    generate(root, seed=0, size=160, n_train_good=1, n_test_good=6, n_per_defect=6)
-    return root
+def learning_roots(tmp_path_factory) -> tuple[Path, Path]:
+    """The learning tests' data: a benchmark to train on (generator seed 0) and a second draw of the same classes
+    (generator seed 1) whose images no training run sees."""
+    from learning import generate_learning_data
+
+    return (generate_learning_data(tmp_path_factory.mktemp("learn"), seed=0),
+            generate_learning_data(tmp_path_factory.mktemp("learn-held-out"), seed=1))

@@ -1,7 +1,7 @@
 """Smoke-profile study behind two SSVP defaults (README, SSVP: the VAE target and the evaluation latents).
 
 For each seed and each value of `options.detach_vae_target`, SSVP is trained on synth-a's test split with the
-learning test's data and schedule (tests/test_learning_ssvp.py: 10 epochs), then:
+learning tests' data and schedule (tests/learning.py: 10 epochs), then:
   * the loss parts of the history: the first step and the mean of the last epoch (seg, cls, vae, reg);
   * the gradient norm that each loss part sends into the global ATF (the module the reconstruction target comes
     from) on the first training batch, after training;

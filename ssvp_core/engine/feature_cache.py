@@ -16,7 +16,7 @@ whole cache is under `train.feature_cache_ram_gb`. `auto` (the default) stores e
 exactly as the backbone gave it (fp16 as fp16, fp32 and bf16 as fp32): training and evaluation see what they would
 see without the cache. Every method's `frozen_features` returns fp32 today (projections and norms end in fp32, also
 under autocast), so `auto` means 4 bytes per value. `fp16` halves that at the price of rounding (~5e-4 relative,
-which measurably moves a short training run's outcome: ViP2-CLIP's 10-epoch learning test, README "Speed"). The
+which measurably moves a short training run's outcome: a 10-epoch ViP2-CLIP run, README "Speed"). The
 folder is written under a temporary name and renamed when complete, so an interrupted run never leaves a
 half-written cache where a good one would be read; the disk use is printed before a large cache is written, and a
 cache over `feature_cache_max_gb` is not written at all (the run goes on without it).
