@@ -14,25 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ssvp_core.config import load_config
-from ssvp_core.data.synthetic import generate
-from ssvp_core.engine.infer import collate, evaluate
+from ssvp_core.engine.infer import collate
 from ssvp_core.engine.train import train
-from ssvp_core.metrics import wide
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the learning tests' data and metrics
+
+from learning import generate_learning_data, held_out_means
 
 EVAL_LATENTS = ("mu_and_samples", "mu", "samples")
 PARTS = ("seg", "cls", "vae", "reg")
-
-
-def held_out(detector, cfg) -> dict[str, float]:
-    table = wide(evaluate(detector, cfg.eval.datasets[0], cfg, progress=False).metrics)
-    row = table[table.cls == "mean"].iloc[0]
-    return {"image_auroc": float(row.image_auroc), "pixel_auroc": float(row.pixel_auroc)}
 
 
 def fusion_gradients(detector, cfg) -> dict[str, float]:
@@ -81,8 +78,8 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     data = out / "data"
-    if not (data / "synth-b" / "meta.json").is_file():  # the learning tests' benchmark (tests/conftest.py)
-        generate(data, seed=0, size=160, n_train_good=1, n_test_good=6, n_per_defect=6)
+    if not (data / "synth-b" / "meta.json").is_file():  # the learning tests' training benchmark
+        generate_learning_data(data, seed=0)
     results = []
     for seed in args.seeds:
         for detach in (False, True):
@@ -100,7 +97,7 @@ def main() -> None:
                    "alpha": float(result.detector.vcpg.alpha.detach()), "t_final_shift": t_final_by_mode(result.detector, cfg)}
             for mode in EVAL_LATENTS:
                 result.detector.options.eval_latent = mode
-                row[f"eval_{mode}"] = held_out(result.detector, cfg)
+                row[f"eval_{mode}"] = held_out_means(result.detector, cfg)
             results.append(row)
             print(json.dumps(row), flush=True)
     print("\nmeans over seeds (image / pixel AUROC, held-out synth-b):")
