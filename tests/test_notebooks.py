@@ -72,6 +72,14 @@ def test_notebook_holds_no_outputs_and_no_logic(path):
     assert nb.metadata.kernelspec.name == "python3"
 
 
+@pytest.mark.parametrize("path", STORED, ids=lambda p: p.stem)
+def test_notebook_is_stored_in_the_form_the_strip_tool_and_the_save_hook_write(path):
+    from ssvp_core.reports.notebook import strip_outputs
+
+    text = path.read_text()
+    assert json.dumps(strip_outputs(json.loads(text)), indent=1, sort_keys=True, ensure_ascii=False) + "\n" == text
+
+
 def test_every_page_has_its_notebook_and_names_its_page():
     assert sorted(p.stem for p in STORED) == sorted(PAGES)
     for path in STORED:
@@ -112,6 +120,7 @@ def test_jupyterlab_save_hook_strips_only_the_kits_notebooks(tmp_path):
     assert other["content"]["cells"][0]["outputs"] == [{"x": 1}]
     config = (NOTEBOOKS.parent / "jupyter_server_config.py").read_text()
     assert "c.FileContentsManager.pre_save_hook = strip_outputs_on_save" in config
+    assert "--config=jupyter_server_config.py" in (NOTEBOOKS.parent / "Makefile").read_text()
 
 
 class _Handle:

@@ -1,5 +1,5 @@
-"""Remove outputs and execution counts from the stored notebooks (notebooks/*.ipynb), or with --check list those
-that hold any and exit 1. JupyterLab started by `make lab` already saves them stripped (jupyter_server_config.py);
+"""Remove outputs, execution counts and kernel metadata from the stored notebooks (notebooks/*.ipynb), or with --check
+list those that hold any and exit 1. JupyterLab started by `make lab` already saves them stripped (jupyter_server_config.py);
 this is for notebooks edited or run elsewhere. As a git hook: `ln -s ../../tools/pre-commit .git/hooks/pre-commit`.
 """
 import argparse
@@ -11,8 +11,10 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def has_outputs(nb: dict) -> bool:
-    return any(c.get("cell_type") == "code" and (c.get("outputs") or c.get("execution_count") is not None)
-               for c in nb.get("cells", []))
+    """Outputs, execution counts, or the metadata a kernel adds (its language_info) that stored notebooks omit."""
+    return (any(c.get("cell_type") == "code" and (c.get("outputs") or c.get("execution_count") is not None)
+                for c in nb.get("cells", []))
+            or set(nb.get("metadata", {}).get("language_info", {})) - {"name"} != set())
 
 
 def main(argv=None) -> int:

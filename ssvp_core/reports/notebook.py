@@ -11,6 +11,7 @@ which turns the bars off altogether.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import time
 import warnings
@@ -146,12 +147,22 @@ def capture_warnings(log: Path, on_record) -> None:
     root.addHandler(_Handler(level=logging.WARNING))
 
 
+# the notebook metadata the kit's notebooks are stored with; a kernel adds its Python version and more, which would
+# make every save on another machine a change
+STORED_METADATA = {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+                   "language_info": {"name": "python"}}
+
+
 def strip_outputs(nb: dict) -> dict:
-    """A notebook (nbformat JSON) without outputs or execution counts: how the kit's notebooks are stored."""
+    """A notebook (nbformat JSON) as the kit stores it: no outputs or execution counts, cell metadata reduced to the
+    tags (the papermill `parameters` tag), notebook metadata reduced to STORED_METADATA."""
     for cell in nb.get("cells", []):
         if cell.get("cell_type") == "code":
             cell["outputs"] = []
             cell["execution_count"] = None
+        tags = (cell.get("metadata") or {}).get("tags")
+        cell["metadata"] = {"tags": tags} if tags else {}
+    nb["metadata"] = json.loads(json.dumps(STORED_METADATA))
     return nb
 
 
