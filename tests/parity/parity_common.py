@@ -11,7 +11,12 @@ entry points and settings. Keys:
     loss/<name>           their loss (and its parts) for one training step on the batch
     grad/<our name>       gradients of that loss with respect to the parameters above
 
-Tolerances (issue 10): maps and scores 1e-4 relative in fp32, loss 1e-5, gradients 1e-4.
+Tolerances (issue 10): maps and scores 1e-4 relative in fp32, loss 1e-5, gradients 1e-4. A gradient that the release
+rounds through float16 on its way (AdaCLIP's and AnomalyCLIP's prompts, `.half()` before insertion) is reproducible
+only up to the contributions whose float32 values, equal to ~1e-6 on both sides, fall on different sides of a float16
+rounding boundary: each such one moves by a float16 step, up to 2^-10 of its size (FP16_GRAD_RTOL). Those tests
+therefore also compare the float32 gradient reaching the inserted tokens (before the rounding) at GRAD_RTOL, and the
+parameter gradients at GRAD_RTOL once the release's float32 gradient is handed to our rounding (`InsertedGradients`).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from ssvp_core.config import BackboneConfig, ClipConfig
 
 HERE = Path(__file__).parent
 MAP_RTOL, SCORE_RTOL, LOSS_RTOL, GRAD_RTOL = 1e-4, 1e-4, 1e-5, 1e-4
+FP16_GRAD_RTOL = 2.0 ** -10  # one float16 step relative to the value (10 fraction bits)
 
 
 @pytest.fixture(scope="session")
@@ -105,5 +111,38 @@ def assert_gradients(module: torch.nn.Module, data: dict[str, np.ndarray], rtol:
         assert_rel_close(g, reference, rtol, f"grad {name}")
 
 
+def relative_difference(ours, reference) -> float:
+    """max |ours - reference| / max |reference|, the measure `assert_rel_close` bounds."""
+    ours = ours.detach().double().cpu().numpy() if torch.is_tensor(ours) else np.asarray(ours, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    return float(np.abs(ours - reference).max()) / max(float(np.abs(reference).max()), 1e-12)
+
+
+class InsertedGradients:
+    """Wraps a method's `round_as_released` (monkeypatch it in the method's module): records, in forward order, the
+    float32 gradient that reaches each block of inserted prompt tokens, i.e. before the rounding's backward, and, when
+    `inject` holds the release's gradients in the same order, hands those on instead, so that what our rounding and
+    summing make of them can be compared with the release's parameter gradients without rounding-boundary flips."""
+
+    def __init__(self, round_as_released):
+        self.round = round_as_released
+        self.seen: list[torch.Tensor | None] = []
+        self.inject: list[torch.Tensor] | None = None
+
+    def __call__(self, tokens: torch.Tensor, rounding: str) -> torch.Tensor:
+        out = self.round(tokens, rounding)
+        if out.requires_grad:
+            index = len(self.seen)
+            self.seen.append(None)
+
+            def hook(grad):
+                self.seen[index] = grad.detach().clone()
+                return None if self.inject is None else self.inject[index].to(grad.dtype)
+
+            out.register_hook(hook)
+        return out
+
+
 __all__ = ["GRID", "IMAGE_SIZE", "MAP_RTOL", "SCORE_RTOL", "LOSS_RTOL", "GRAD_RTOL", "parity_weights", "parity_backbone",
-           "load_fixture", "fixture_batch", "set_parameters", "assert_rel_close", "assert_gradients", "dataclasses"]
+           "load_fixture", "fixture_batch", "set_parameters", "assert_rel_close", "assert_gradients", "dataclasses",
+           "FP16_GRAD_RTOL", "relative_difference", "InsertedGradients"]
