@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED ?= 0
 
-.PHONY: setup demo test test-fast bench lab clean-reports
+.PHONY: setup demo test test-fast test-portability bench lab clean-reports
 
 setup: $(STAMP)
 
@@ -26,6 +26,14 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The fast suite under other numeric conditions than `make test`'s: one thread instead of all cores, torch's portable
+# kernels instead of the CPU's widest SIMD ones, the tests in reverse order. A test that compares floats bit for bit
+# across thread counts or kernels, or passes only in the order `make test` runs it, fails here.
+test-portability: setup
+	OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default $(BIN)/python -c "import torch; print('portability run:', \
+		torch.get_num_threads(), 'thread(s), ATen CPU kernels', torch.backends.cpu.get_cpu_capability())"
+	OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q -m "not slow" --reverse
 
 bench: setup
 	$(BIN)/python bench/metrics.py

@@ -1,0 +1,32 @@
+"""Tolerances for comparing floats that two different computations produced.
+
+Bitwise equality holds only where the code guarantees it: a stored array read back, a copy, the same computation
+replayed on the same inputs. Two passes that differ in batch composition, thread count or kernel (the BLAS picks its
+blocking from the matrix shape and the CPU; sharded vs whole, cached vs direct, compiled vs eager) sum the same
+products in another order, and float32 sums are not associative: each result may move by a few units in the last
+place (ulps), and more where a transformer carries the difference through its layers. The bound used here: a
+length-K reduction in another order moves by ~sqrt(K) ulps of its scale (rounding errors add like a random walk),
+times a margin of `ulps` for the layers a tiny test model has. Measured on the tiny SSVP backbones (K = 512, the MLP
+width): 1-3 ulps of the output's scale; the bound, 32 x sqrt(512) ulps = 8.6e-5 relative, leaves a margin of ~100
+and stays below what a real fault gives (fp16 rounding ~4e-4 of the scale, another image's features ~0.3).
+"""
+import math
+
+import torch
+
+ULPS = 32  # margin for the layers between a reduction and the compared output
+
+
+def rounding_rtol(reduction: int, dtype: torch.dtype = torch.float32, ulps: int = ULPS) -> float:
+    """Relative tolerance (to the compared tensor's largest magnitude) for two computations of the same value that
+    differ only in the order of length-`reduction` sums."""
+    return ulps * torch.finfo(dtype).eps * math.sqrt(reduction)
+
+
+def assert_equal_to_rounding(ours: torch.Tensor, reference: torch.Tensor, rtol: float, what: str = "") -> None:
+    """max |ours - reference| <= rtol * max |reference| (`rtol` from `rounding_rtol`; scale-aware, so values near 0
+    do not demand more than the tensor's precision allows)."""
+    assert ours.shape == reference.shape, f"{what}: shape {tuple(ours.shape)}, reference {tuple(reference.shape)}"
+    err = float((ours.double() - reference.double()).abs().max())
+    scale = float(reference.double().abs().max())
+    assert err <= rtol * scale, f"{what}: max |diff| {err:.3g} > {rtol:.3g} x {scale:.3g} (relative {err / scale:.3g})"
