@@ -19,8 +19,8 @@ import torch
 
 import ssvp_core.methods.anomalyclip as anomalyclip_module
 from parity_common import (FP16_GRAD_RTOL, GRAD_RTOL, IMAGE_SIZE, LOSS_RTOL, MAP_RTOL, SCORE_RTOL, InsertedGradients,
-                           assert_gradients, assert_rel_close, fixture_batch, load_fixture, parity_backbone,
-                           relative_difference, set_parameters)
+                           assert_gradients, assert_loss_close, assert_rel_close, fixture_batch, load_fixture,
+                           parity_backbone, relative_difference, set_parameters)
 from ssvp_core.config import load_config
 from ssvp_core.methods import method_spec
 from ssvp_core.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPOptions
@@ -74,7 +74,7 @@ def test_parity_anomalyclip_loss_and_gradients(parity_weights, layers, monkeypat
     batch = fixture_batch(data)
     parts = det.loss(det(batch), batch)
     for part in ("image", "local", "total"):
-        assert_rel_close(parts[part], data[loss_key + part], LOSS_RTOL, f"{layers} loss {part}")
+        assert_loss_close(parts[part], data[loss_key + part], LOSS_RTOL, f"{layers} loss {part}")
     parts["total"].backward(retain_graph=True)
     theirs = torch.from_numpy(data[f"grad_inserted/{layers}/deep_text"])  # (blocks 1..3, 2 prompts, 4, W)
     assert len(inserted.seen) == theirs.shape[0]
@@ -100,7 +100,7 @@ def test_parity_anomalyclip_unrounded_switch(parity_weights):
     out = det(batch)
     parts = det.loss(out, batch)
     for part in ("image", "local", "total"):
-        assert_rel_close(parts[part], data["unrounded/loss/" + part], LOSS_RTOL, f"loss {part} (unrounded)")
+        assert_loss_close(parts[part], data["unrounded/loss/" + part], LOSS_RTOL, f"loss {part} (unrounded)")
     parts["total"].backward()
     assert_gradients(det, subset(data, "unrounded/grad/", "grad/"), GRAD_RTOL)
     with torch.no_grad():
