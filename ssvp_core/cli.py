@@ -1,6 +1,9 @@
 """`ssvp` command line: data, train, eval, predict, plan, run-plan, reproduce.
 
-User errors (SSVPError) print one clear message and exit with status 2; anything else is a bug and keeps its traceback.
+Exit status: 0 done; 1 done, but something needs a look (`predict` / `eval` of your own folder left out files that
+could not be read, and say which; `data verify` found problems; a notebook of `reproduce` failed); 2 a user error
+(SSVPError: one clear message, nothing or not everything done); 130 interrupted. Anything else is a bug and keeps
+its traceback.
 Paths typed as arguments are relative to the current folder; the data, runs and reports a preset names resolve in
 the workspace (`--workspace`, `$SSVP_WORKSPACE`, or the marker file found from here; ssvp_core/workspace.py).
 """
@@ -12,6 +15,9 @@ import sys
 from pathlib import Path
 
 from .errors import SSVPError
+
+EXIT_INCOMPLETE = 1  # finished, with files left out (listed) or problems found
+EXIT_USER_ERROR = 2
 
 
 def _add_data(sub) -> None:
@@ -79,7 +85,7 @@ def cmd_data_verify(args) -> int:
         print(p)
     if problems:
         print(f"\n{len(problems)} problem(s) in {args.name} at {args.root}", file=sys.stderr)
-        return 1
+        return EXIT_INCOMPLETE
     print(f"{args.name} at {args.root}: no problems found")
     return 0
 
@@ -163,6 +169,7 @@ def cmd_eval(args) -> int:
     from .engine.infer import evaluate
     from .metrics import wide
 
+    from .data.registry import reads_as_folder
     from .engine.checkpoint import CHECKPOINT_NAME
     from .engine.train import load_trained, run_dir
     from .methods import build_detector, method_spec
@@ -193,7 +200,9 @@ def cmd_eval(args) -> int:
             from .engine.multitype import multitype_hook
 
             hooks = [multitype_hook(detector, ds.name)]
-        result = evaluate(detector, ds, cfg, progress=not args.quiet, hooks=hooks, bootstrap=args.ci)
+        tolerant = not args.strict and reads_as_folder(ds.name, ds.root)  # benchmarks are evaluated strictly
+        result = evaluate(detector, ds, cfg, progress=not args.quiet, hooks=hooks, bootstrap=args.ci,
+                          skip_unreadable=tolerant)
         frames.append(result.metrics)
         results.append((ds.name, result))
         if hooks:
@@ -203,8 +212,16 @@ def cmd_eval(args) -> int:
     if not dist_info().main:
         return 0  # rank 0 reports for the sharded run
     table = pd.concat(frames)
+    left_out = [row for _, result in results for row in result.extra.get("unreadable", [])]
+    if left_out:  # the metrics CSV itself says how many images each row's metrics lack
+        counts = pd.DataFrame(left_out).groupby(["dataset", "cls"]).size()
+        totals = pd.DataFrame(left_out).groupby("dataset").size()
+        table["left_out"] = [int(totals.get(d, 0)) if c == "mean" else int(counts.get((d, c), 0))
+                             for d, c in zip(table.dataset, table.cls)]
     if args.out:
         io.write_text(Path(args.out), table.to_csv(index=False))
+        if left_out:
+            io.write_text(_left_out_csv(args.out), pd.DataFrame(left_out).to_csv(index=False))
     w = wide(table)
     print(w.to_markdown(index=False, floatfmt=".4f"))
     for name, result in results:
@@ -216,6 +233,8 @@ def cmd_eval(args) -> int:
             print(f"\n{name}: 95% confidence intervals of the class means (percentile bootstrap over images, "
                   f"{result.extra['bootstrap']['resamples']} resamples, stratified by class and label):")
             print(_interval_table(result).to_markdown(index=False, floatfmt=".4f"))
+    for (name, result), ds in zip(results, cfg.eval.datasets):
+        _print_left_out(name, ds.root, result, args.out)
     for name, mt in multitype:
         print(f"\nmulti-type segmentation on {name} (per object; macro OvR AUROC / AP, argmax F1):")
         print(mt["objects"].to_markdown(index=False, floatfmt=".4f"))
@@ -223,7 +242,38 @@ def cmd_eval(args) -> int:
             print(f"objects without a candidate defect list (left out): {mt['skipped']}")
         if args.out:
             io.write_text(Path(args.out).with_suffix(f".multitype-{name}.csv"), mt["objects"].to_csv(index=False))
+    if left_out:
+        print(f"\n{len(left_out)} unreadable image(s) left out of the metrics (listed above"
+              + (f" and in {_left_out_csv(args.out)}" if args.out else "") + "); --strict stops at the first instead",
+              file=sys.stderr)
+        return EXIT_INCOMPLETE
     return 0
+
+
+def _left_out_csv(out: str) -> Path:
+    return Path(out).with_suffix(".unreadable.csv")
+
+
+SHOWN_WITH_CSV = 20  # with --out the full list is in a file; the terminal shows this many
+
+
+def _print_left_out(name: str, root: str, result, out: str | None) -> None:
+    """Which images of a dataset the metrics leave out, and why (evaluation of a `folder` dataset)."""
+    left_out = result.extra.get("unreadable") or []
+    if not left_out:
+        return
+    scored = len(result.samples)
+    print(f"\n{name}: {len(left_out)} of {scored + len(left_out)} images could not be read and are left out of "
+          "the metrics above:")
+    shown = left_out[:SHOWN_WITH_CSV] if out else left_out
+    for row in shown:
+        file = Path(row["file"])
+        file = file.relative_to(root) if file.is_relative_to(root) else file
+        print(f"  {file} ({row['cls']}, {'anomalous' if row['label'] else 'normal'}): {row['reason']}")
+    if len(shown) < len(left_out):
+        print(f"  ... and {len(left_out) - len(shown)} more (all in {_left_out_csv(out)})")
+    for cls in result.extra.get("unreadable_classes") or []:
+        print(f"{name}: no metrics for {cls}: none of its images could be read")
 
 
 def _interval_table(result):
@@ -264,10 +314,12 @@ def cmd_predict(args) -> int:
             raise SSVPError(f"{args.method} is trained: pass its --checkpoint (from `ssvp train`)")
         cfg = load_config(args.profile, args.method, list(args.set or []) + [f"device={args.device}"])
         detector = build_detector(cfg).to(resolve_device(cfg.device))
-    gallery = predict_folder(detector, cfg, args.images, args.out, class_name=args.class_name,
-                             normal_dir=args.normal_dir, quantile=args.quantile, pixel_quantile=args.pixel_quantile)
-    print(gallery)
-    return 0
+    run = predict_folder(detector, cfg, args.images, args.out, class_name=args.class_name, normal_dir=args.normal_dir,
+                         quantile=args.quantile, pixel_quantile=args.pixel_quantile, strict=args.strict)
+    if run.summary():
+        print(run.summary(), file=sys.stderr)
+    print(run.gallery)
+    return 0 if run.complete else EXIT_INCOMPLETE
 
 
 def cmd_reproduce(args) -> int:
@@ -293,7 +345,7 @@ def cmd_reproduce(args) -> int:
     print(f"report: {index}")
     if failed:
         print(f"failed notebooks: {failed} (see the index for their errors)", file=sys.stderr)
-        return 1
+        return EXIT_INCOMPLETE
     return 0
 
 
@@ -377,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--multitype", action="store_true", help="also the per-object multi-type segmentation metrics (dapo)")
             p.add_argument("--ci", action="store_true", help="also 95%% bootstrap confidence intervals of the class means "
                                                              "(eval.bootstrap resamples over images)")
+            p.add_argument("--strict", action="store_true",
+                           help="your own folder datasets: stop at the first image that cannot be read (default: leave "
+                                "it out of the metrics, list it, exit 1); benchmarks always stop")
         p.set_defaults(func=func)
     p = sub.add_parser("predict", help="scores, heat maps and (calibrated on normal images) labels and masks for a "
                                        "folder of your own images, with an HTML gallery")
@@ -394,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixel threshold = this quantile of the normal images' per-image map maxima (default: --quantile)")
     p.add_argument("--class-name", default="object", help="product name used in the text prompts")
     p.add_argument("--device", default="auto")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first file that cannot be read (default: list it, go on, exit 1 at the end)")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("workspace", help="show the workspace root, how it was found, and where data, runs and reports go")
     p.set_defaults(func=cmd_workspace)
@@ -459,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SSVPError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -13,6 +13,16 @@ class DataError(SSVPError):
     """A dataset on disk is missing, malformed or inconsistent."""
 
 
+class UnreadableFile(DataError):
+    """An image or mask file that cannot be opened or decoded. `path` is the file, `reason` a few words on why
+    ("truncated PNG", "empty file", "not an image: a text file"), for lists of the files a run left out."""
+
+    def __init__(self, message: str, path=None, reason: str = ""):
+        super().__init__(message)  # one positional argument, so DataLoader workers can re-raise it
+        self.path = path
+        self.reason = reason or message
+
+
 class LayoutError(DataError):
     """A dataset root does not have the layout its reader expects."""
 

@@ -6,6 +6,8 @@ token embeddings of the tokenized template are computed once and cached; at ever
 written into the slot positions, in order, and the sequence goes through the text transformer, pooled at the
 end-of-text token and projected into the joint space. Gradients flow into the learnable vectors only.
 
+How the releases of AdaCLIP and AnomalyCLIP round inserted prompt tokens through float16 (`round_as_released`).
+
 Also the hand-written compositional prompt ensembles (state words x templates) of APRIL-GAN and WinCLIP, each as its
 authors' code builds and averages it (`PromptEnsemble`, `EnsembleTextCache`).
 """
@@ -77,6 +79,29 @@ def trunc_normal(shape: tuple[int, ...], std: float = 0.02, mean: float = 0.0) -
     p = torch.empty(shape)
     nn.init.trunc_normal_(p, mean=mean, std=std, a=mean - 2 * std, b=mean + 2 * std)
     return nn.Parameter(p)
+
+
+# How prompt tokens enter the float32 stream: `fp16` as the releases of AdaCLIP and AnomalyCLIP do (rounded through
+# float16), `none` unrounded (float32). One option name for both methods: `options.prompt_rounding`.
+PromptRounding = Literal["fp16", "none"]
+
+
+def round_as_released(tokens: torch.Tensor, rounding: str) -> torch.Tensor:
+    """Prompt tokens as AdaCLIP's `PromptLayer` and AnomalyCLIP's text block insert them (`rounding="fp16"`): both cast
+    them with `.half()` and concatenate them into a float32 stream, which promotes them back to float32.
+
+    Forward: each value becomes the nearest float16 (from 65520 in magnitude on: inf; up to 2^-25: zero). Backward, as
+    autograd runs their code: `cat` hands the half input its slice of the gradient cast to float16 and the cast's
+    backward casts it back, so the gradient reaching the prompt is rounded through float16 as well.
+    `tokens.to(float16).to(tokens.dtype)` has exactly that forward and backward (tests/test_prompt_rounding.py).
+    Call it on the tokens as inserted (per sentence, per image), so that the gradient is rounded before it is summed
+    into a shared parameter, as theirs is. `rounding="none"` returns the tokens unchanged (float32 values and
+    gradients)."""
+    if rounding == "fp16":
+        return tokens.to(torch.float16).to(tokens.dtype)
+    if rounding == "none":
+        return tokens
+    raise ValueError(f"prompt_rounding={rounding!r}: choose fp16 (as released) or none")
 
 
 def deep_token_hook(tokens: torch.Tensor, mode: str = "replace", alpha: float = 0.0, position: int = 1):

@@ -31,6 +31,17 @@ def workspace(tmp_path, monkeypatch) -> Path:
     return root
 
 
+def pytest_addoption(parser):
+    parser.addoption("--reverse", action="store_true",
+                     help="run the collected tests in reverse order (make test-portability): a test that passes only "
+                          "after, or only before, another one depends on state it does not set up itself")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse"):
+        items.reverse()
+
+
 @pytest.fixture(autouse=True)
 def fixed_global_seed():
     """Every test starts from the same global RNG state, so what it draws (prompt contexts, random inits, DataLoader

@@ -2,6 +2,8 @@
 switch and tap bug, what trains, and bf16. Parity with the authors' code: tests/parity/test_parity_anomalyclip.py."""
 import dataclasses
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -143,15 +145,22 @@ def test_anomalyclip_layers_switch_and_tap_bug():
     assert torch.equal(taps_p[0], taps_n[-1])
 
 
-def test_anomalyclip_deep_text_prompts_replace_positions_one_to_four():
-    """Before text block j >= 1 the 4 tokens after SOT are overwritten by deep_text[j - 1]; block 0 is untouched."""
-    det = AnomalyCLIP(AnomalyCLIPOptions(), tiny_backbone(), SIZE)
+@pytest.mark.parametrize("rounding", ["fp16", "none"])
+def test_anomalyclip_deep_text_prompts_replace_positions_one_to_four(rounding):
+    """Before text block j >= 1 the 4 tokens after SOT are overwritten by deep_text[j - 1], rounded to the nearest
+    float16 as the release's `.half()` rounds them (NumPy's IEEE conversion as reference) or unrounded; block 0 is
+    untouched."""
+    det = AnomalyCLIP(AnomalyCLIPOptions(prompt_rounding=rounding), tiny_backbone(), SIZE)
     hook = det._text_hook()
     x = torch.randn(2, 77, det.clip.text_width)
     assert torch.equal(hook(0, x), x)
     y = hook(1, x)
     assert torch.equal(y[:, 0], x[:, 0]) and torch.equal(y[:, 5:], x[:, 5:])
-    assert torch.equal(y[:, 1:5], det.deep_text[0].detach().expand(2, -1, -1))
+    expected = det.deep_text[0].detach().numpy()
+    if rounding == "fp16":
+        expected = expected.astype(np.float16).astype(np.float32)
+    assert torch.equal(y[:, 1:5], torch.from_numpy(expected).expand(2, -1, -1))
+    assert (rounding == "fp16") == (not torch.equal(y[:, 1:5], det.deep_text[0].detach().expand(2, -1, -1)))
     assert det.deep_text.shape[0] == len(det.clip.text_blocks) - 1  # depth 9 truncated to the tower
 
 

@@ -79,8 +79,8 @@ def test_adaclip_paper_defaults_are_the_release():
     assert tuple(cfg.backbone.clip.layers) == (n // 4, n // 2, 3 * n // 4, n)
     o = method_spec("adaclip").options_from(cfg.options)
     assert (o.depth, o.length, o.prompt_type, o.branch, o.temperature, o.hsf, o.hsf_rule, o.hsf_top, o.hsf_clusters,
-            o.hsf_alpha, o.dice, o.class_names) == (4, 5, "SD", "VL", 0.01, True, "mean_of_centroids", 100, 20, 0.2,
-                                                    "rows", "released")
+            o.hsf_alpha, o.dice, o.class_names, o.prompt_rounding) == \
+        (4, 5, "SD", "VL", 0.01, True, "mean_of_centroids", 100, 20, 0.2, "rows", "released", "fp16")
 
 
 def test_adaclip_text_ensemble_is_the_release_list():
@@ -93,36 +93,48 @@ def test_adaclip_text_ensemble_is_the_release_list():
     assert det.class_names({"cls": ["metal_nut", "pipe-fryum"]}) == ["metal_nut", "pipe fryum"]  # the release's names
 
 
-def test_adaclip_text_prompts_overwrite_positions_1_to_n_from_block_1():
+def as_inserted(tokens: torch.Tensor, rounding: str) -> torch.Tensor:
+    """The tokens the release inserts: rounded to the nearest float16 by NumPy (IEEE round-to-nearest-even, exact),
+    or unchanged."""
+    if rounding == "none":
+        return tokens
+    return torch.from_numpy(tokens.detach().numpy().astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize("rounding", ["fp16", "none"])
+def test_adaclip_text_prompts_overwrite_positions_1_to_n_from_block_1(rounding):
     P, L, W, n, depth = 2, 9, 3, 2, 3
-    tokens = 100 + torch.arange(P * (depth - 1) * n * W, dtype=torch.float).view(P, depth - 1, n, W)
+    tokens = 100.3 + torch.arange(P * (depth - 1) * n * W, dtype=torch.float).view(P, depth - 1, n, W)  # not fp16-exact
     x = torch.randn(P, L, W)
-    hook = overwrite_prompt_hook(tokens)
+    hook = overwrite_prompt_hook(tokens, rounding)
     assert torch.equal(hook(0, x), x)  # block 0 runs unprompted, nothing inserted
     for j in (1, 2):
         y = hook(j, x)
         assert y.shape == x.shape  # overwritten: the end-of-text position does not move
-        assert torch.equal(y[:, 0], x[:, 0]) and torch.equal(y[:, 1:1 + n], tokens[:, j - 1]) and torch.equal(y[:, 1 + n:], x[:, 1 + n:])
+        assert torch.equal(y[:, 0], x[:, 0]) and torch.equal(y[:, 1 + n:], x[:, 1 + n:])
+        assert torch.equal(y[:, 1:1 + n], as_inserted(tokens[:, j - 1], rounding))
     assert torch.equal(hook(depth, x), x)
 
 
-def test_adaclip_visual_prompts_are_appended_at_the_end_and_stay_out_of_the_taps():
+@pytest.mark.parametrize("rounding", ["fp16", "none"])
+def test_adaclip_visual_prompts_are_appended_at_the_end_and_stay_out_of_the_taps(rounding):
     B, N1, W, n, depth = 2, 5, 3, 2, 2
-    tokens = 100 + torch.arange(B * depth * n * W, dtype=torch.float).view(B, depth, n, W)
+    tokens = 100.3 + torch.arange(B * depth * n * W, dtype=torch.float).view(B, depth, n, W)  # not fp16-exact
     x = torch.randn(B, N1, W)
-    hook = appended_prompt_hook(tokens)
+    hook = appended_prompt_hook(tokens, rounding)
     y0 = hook(0, x)
-    assert y0.shape == (B, N1 + n, W) and torch.equal(y0[:, :N1], x) and torch.equal(y0[:, N1:], tokens[:, 0])
+    assert y0.shape == (B, N1 + n, W) and torch.equal(y0[:, :N1], x)
+    assert torch.equal(y0[:, N1:], as_inserted(tokens[:, 0], rounding))
     y1 = hook(1, y0 + 1)
-    assert torch.equal(y1[:, :N1], y0[:, :N1] + 1) and torch.equal(y1[:, N1:], tokens[:, 1])
+    assert torch.equal(y1[:, :N1], y0[:, :N1] + 1) and torch.equal(y1[:, N1:], as_inserted(tokens[:, 1], rounding))
     assert torch.equal(hook(depth, y1), y1)  # past the prompted depth the prompts ride along unchanged
     # in the tower: every tap still carries them after the patches; the CLS and patches come first
     det = AdaCLIP(AdaCLIPOptions(depth=2), tiny_backbone(), SIZE)
     images = batch()["image"]
     prompts = det.prompt_tokens(torch.randn(2, det.clip.embed_dim), "visual", 2)
     with torch.no_grad():
-        feats = det.clip.image_features(images, hook=appended_prompt_hook(prompts))
-        first = det.clip.blocks[0](torch.cat([det.clip.embed_image(images), prompts[:, 0]], 1))
+        feats = det.clip.image_features(images, hook=appended_prompt_hook(prompts, rounding))
+        first = det.clip.blocks[0](torch.cat([det.clip.embed_image(images), as_inserted(prompts[:, 0], rounding)], 1))
     assert all(t.shape[1] == 1 + GRID * GRID + 5 for t in feats.taps)
     assert torch.allclose(feats.taps[0], first, atol=1e-6)
 

@@ -1,4 +1,5 @@
-"""The frozen-feature cache: training and evaluation with it give the models and numbers they give without it, it is
+"""The frozen-feature cache: it reads back bit for bit what the backbone gave; training and evaluation with it give,
+to float32 rounding, the losses, models and numbers they give without it (their batches differ, issue 17); it is
 built once and shared by runs with the same backbones and images, it is never read half-written, and it is rebuilt
 when anything that changes the features changes."""
 import os
@@ -6,10 +7,10 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
-import pandas as pd
 import pytest
 import torch
 
+from rounding import assert_equal_to_rounding, assert_metrics_equal_to_rounding, rounding_rtol
 from tiny import smoke_config
 from ssvp_core.engine import feature_cache
 from ssvp_core.engine.infer import evaluate
@@ -30,18 +31,25 @@ def _folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-def test_training_with_the_cache_gives_the_parameters_of_training_without(synth_root, tmp_path):
+def test_training_with_the_cache_follows_training_without_it(synth_root, tmp_path):
     plain = train(_cfg(synth_root, tmp_path / "off", "train.feature_cache=off"), progress=False)
     assert not (tmp_path / "off" / "features").exists()
     exact = train(_cfg(synth_root, tmp_path / "auto"), progress=False)  # fp32 backbone: stored in fp32
     rounded = train(_cfg(synth_root, tmp_path / "fp16", "train.feature_cache_dtype=fp16"), progress=False)
     assert len(_folders(tmp_path / "auto" / "features")) == 1
+    # Without the cache the features are computed in the shuffled training batches (4 images), with it in batches of 8:
+    # they agree to float32 rounding, not bit for bit on every CPU (issue 17). Measured with +-2 ulps of noise on every
+    # cached feature: each step's loss moves <= 1.5e-7 relative, but Adam divides every gradient by its own running
+    # RMS, so a tensor whose gradients are ~0 amplifies the noise: up to 9e-3 of its largest value after these 10 steps
+    # (global_fusion.q_d). fp16 storage moves the losses by up to 1.1e-4 and the parameters by 1.6e-2; another seed
+    # moves the losses by 0.1-0.3 and the parameters by 2.
+    losses = [[h["total"] for h in r.history] for r in (plain, exact, rounded)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)  # the same data, order and draws: the same training
+    assert losses[2] == pytest.approx(losses[0], rel=1e-3)  # fp16 storage rounds the features (~5e-4 relative)
     a, b, c = _params(plain), _params(exact), _params(rounded)
     worst_exact = max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)) for k in a)
     worst_fp16 = max(float((a[k] - c[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)) for k in a)
-    assert worst_exact < 1e-5, worst_exact  # the features as computed: the same model
-    assert worst_fp16 < 2e-2, worst_fp16  # fp16 storage rounds the features (~5e-4 relative): close, not identical
-    assert [h["total"] for h in plain.history] == pytest.approx([h["total"] for h in exact.history], rel=1e-5)
+    assert worst_exact < 5e-2 and worst_fp16 < 5e-2, (worst_exact, worst_fp16)
 
 
 def test_the_cache_is_built_once_and_shared_by_runs_with_the_same_features(synth_root, tmp_path, monkeypatch):
@@ -118,20 +126,43 @@ def test_large_caches_are_announced_and_oversized_ones_skipped(synth_root, tmp_p
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_the_default_storage_gives_back_exactly_what_the_backbone_computed(synth_root, tmp_path, precision):
+    """`auto` storage is lossless: `take` reads back, bit for bit and in the dtype the backbone gave, what
+    `frozen_features` returned for each image while the cache was built. A direct pass of the same images in another
+    batch (two images; the build ran all five at once) agrees to rounding only: the BLAS may block a 2-row product
+    differently from a 5-row one, so on some CPUs the last bits differ (issue 17)."""
     from ssvp_core.data.registry import read_dataset
     from ssvp_core.engine.batches import collate
 
     samples = read_dataset("synth-a", str(synth_root / "synth-a"), "test", ["weave"])[:5]
     cfg = _cfg(synth_root, tmp_path, f"backbone.precision={precision}")
     det = build_detector(cfg).eval()
+    backbone = det.frozen_features
+    given = {}  # sample position -> what the backbone returned for it during the build (the last pass wins)
+
+    def recording(batch):
+        out = backbone(batch)
+        for row, position in enumerate(batch["index"].tolist()):
+            given[position] = {name: value[row].clone() for name, value in out.items()}
+        return out
+
+    det.frozen_features = recording
     cache = feature_cache.build_or_open(det, samples, cfg, torch.device("cpu"), progress=False)
+    del det.frozen_features
+    read = cache.take([3, 1], torch.device("cpu"))
+    assert sorted(given) == list(range(5)) and set(read) == set(given[3])
+    for name, value in read.items():
+        built = torch.stack([given[3][name], given[1][name]])
+        assert value.dtype == built.dtype and torch.equal(value, built), name
     dataset = feature_cache.AnomalyDataset(samples, cfg.image_size, det.input_sizes(), masks=False)
     with torch.inference_mode():
         direct = det.frozen_features(collate([dataset[i] for i in (3, 1)]))
-    read = cache.take([3, 1], torch.device("cpu"))
-    assert set(read) == set(direct)
-    for name, value in direct.items():
-        assert read[name].dtype == value.dtype and torch.equal(read[name], value), name
+    assert set(direct) == set(read)
+    # fp32: sums of up to 512 products (the tiny towers' MLP width) in another order; bf16 autocast: products
+    # accumulate in fp32 and round once to bf16, so another order moves a value by about one bf16 ulp, a few after the
+    # layers. Both bounds stay far below the gap between two images' features (~0.3 of their scale).
+    rtol = rounding_rtol(512) if precision == "fp32" else rounding_rtol(1, torch.bfloat16, ulps=4)
+    for name, value in read.items():
+        assert_equal_to_rounding(value, direct[name], rtol, name)
 
 
 def test_evaluation_with_the_cache_gives_the_same_metrics(synth_root, tmp_path):
@@ -142,8 +173,9 @@ def test_evaluation_with_the_cache_gives_the_same_metrics(synth_root, tmp_path):
     cfg.eval.feature_cache = False
     plain = evaluate(det, ref, cfg, progress=False)
     assert len(_folders(tmp_path / "features")) == 2  # the training set's and the evaluation set's
-    pd.testing.assert_frame_equal(cached.metrics, plain.metrics, check_exact=False, rtol=1e-5, atol=1e-7)
+    # the cache was built in batches of 8, the plain pass runs eval.batch_size: equal to float32 rounding (issue 17)
     assert cached.samples.score.to_numpy() == pytest.approx(plain.samples.score.to_numpy(), rel=1e-5)
+    assert_metrics_equal_to_rounding(cached.metrics, plain.metrics)
 
 
 def test_gpu_bench_runs_its_cpu_check_and_refuses_without_cuda(tmp_path):

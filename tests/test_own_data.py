@@ -137,7 +137,7 @@ def test_predict_labels_masks_and_gallery_on_a_known_answer(tmp_path):
     _constant(images / "c_bright.png", 90)
     _constant(images / "d_spot.png", 20, square=(4, 12))  # dark with a bright 8x8 square: normal score, masked spot
     cfg = load_config("smoke", "reference", ["eval.sigma=0", "image_size=32"])
-    gallery = predict_folder(MeanIntensity(), cfg, images, tmp_path / "out", normal_dir=normals, quantile=0.5)
+    gallery = predict_folder(MeanIntensity(), cfg, images, tmp_path / "out", normal_dir=normals, quantile=0.5).gallery
     out = tmp_path / "out"
     calib = json.loads((out / "calibration.json").read_text())
     assert calib["image_threshold"] == pytest.approx(76 / 255, rel=1e-6)  # third of five normal scores

@@ -346,8 +346,12 @@ def test_predict_gallery_renders_in_headless_chromium(synth_root, chromium, tmp_
 
     cls = synth_root / "synth-b" / "granite" / "test"
     cfg = load_config("smoke", "reference")
-    gallery = predict_folder(build_detector(cfg), cfg, cls / "hole", tmp_path / "gallery", normal_dir=cls / "good")
-    result = render(chromium, gallery, tmp_path)
+    images = shutil.copytree(cls / "hole", tmp_path / "hole")
+    whole = sorted(images.glob("*.png"))[0].read_bytes()
+    (images / "cut.png").write_bytes(whole[: len(whole) // 2])  # listed at the top of the page, with its reason
+    run = predict_folder(build_detector(cfg), cfg, images, tmp_path / "gallery", normal_dir=cls / "good")
+    assert [str(u) for u in run.unreadable] == ["cut.png (truncated PNG)"]
+    result = render(chromium, run.gallery, tmp_path)
     _assert_renders(result, min_images=3 * len(list((cls / "hole").glob("*.png"))))
 
 

@@ -70,6 +70,15 @@ def scan_dataset(name: str, root: str | Path, split: str = "test") -> ScanResult
     return benchmark(name).scan(root, split=split, dataset=name.lower())
 
 
+def reads_as_folder(name: str, root: str | Path) -> bool:
+    """Whether `scan_dataset(name, root)` reads your own images through the `folder` reader (not a benchmark)."""
+    root = Path(root)
+    key = name.lower()
+    if key == "folder":
+        return True
+    return key not in BENCHMARKS and not (root / "meta.json").is_file() and is_folder_layout(root)
+
+
 def read_dataset(name: str, root: str | Path, split: str = "test", classes: list[str] | None = None) -> list[Sample]:
     """All samples of one split, ordered by class; raises DataError listing every layout problem."""
     root = Path(root)

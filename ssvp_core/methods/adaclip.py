@@ -11,6 +11,9 @@
               words of each sentence give way; nothing is inserted, so the end-of-text position does not move), causal
               mask as in CLIP. (The release allocates a block-0 text prompt that its forward never reads; here the
               text prompts exist for blocks 1..depth-1 only.)
+              Both towers: the release casts the tokens with `.half()` before inserting them into the float32 stream,
+              which rounds them, and in backward their gradients, through fp16 (`prompt_rounding=fp16`, default;
+              `none` keeps them fp32; prompts.round_as_released).
     text      the compositional ensemble (7 normal / 5 anomalous state phrases x 4 templates, `TextEmbebddingLayer`),
               every sentence through the prompted text tower, normalised, averaged per state, normalised; the class
               name is the dataset's own with "-" read as a space (`class_names` switch).
@@ -46,7 +49,7 @@ import torch.nn.functional as F
 
 from ..backbones import autocast_context
 from ..data.loader import batch_view
-from ..prompts import ANOMALOUS_STATES, NORMAL_STATES
+from ..prompts import ANOMALOUS_STATES, NORMAL_STATES, PromptRounding, round_as_released
 from .base import ClipDetector, Output, upsample
 from .losses import dice, multiclass_focal
 
@@ -78,31 +81,34 @@ class AdaCLIPOptions:
     # released: the dataset's class name with "-" read as a space (metal_nut, pcb1) | project: the shared mapping
     # (data.registry.prompt_name: "metal nut", "printed circuit board"); run.prompt_class_name overrides both
     class_names: Literal["released", "project"] = "released"
+    prompt_rounding: PromptRounding = "fp16"  # fp16: prompts rounded through float16 as released (.half()) | none: fp32
 
 
-def appended_prompt_hook(tokens: torch.Tensor):
+def appended_prompt_hook(tokens: torch.Tensor, rounding: str):
     """Vision-tower hook for (B, depth, n, W) prompts: appended at the end before block 0, the last n tokens replaced
-    before blocks 1..depth-1, untouched afterwards (AdaCLIP's `PromptLayer.forward_visual`)."""
+    before blocks 1..depth-1, untouched afterwards (AdaCLIP's `PromptLayer.forward_visual`); each image's tokens
+    rounded as the release inserts them (`rounding`, prompts.round_as_released)."""
     depth, n = tokens.shape[1], tokens.shape[2]
 
     def hook(i: int, x: torch.Tensor) -> torch.Tensor:
         if i == 0:
-            return torch.cat([x, tokens[:, 0].to(x.dtype)], 1)
+            return torch.cat([x, round_as_released(tokens[:, 0], rounding).to(x.dtype)], 1)
         if i < depth:
-            return torch.cat([x[:, :-n], tokens[:, i].to(x.dtype)], 1)
+            return torch.cat([x[:, :-n], round_as_released(tokens[:, i], rounding).to(x.dtype)], 1)
         return x
 
     return hook
 
 
-def overwrite_prompt_hook(tokens: torch.Tensor):
+def overwrite_prompt_hook(tokens: torch.Tensor, rounding: str):
     """Text-tower hook for (P, depth - 1, n, W) prompts: block 0 runs as is; before block j in 1..depth-1 positions
-    1..n are overwritten with tokens[:, j - 1] (AdaCLIP's `PromptLayer.forward_text`)."""
+    1..n are overwritten with tokens[:, j - 1] (AdaCLIP's `PromptLayer.forward_text`); each sentence's tokens rounded
+    as the release inserts them (`rounding`, prompts.round_as_released)."""
     n = tokens.shape[2]
 
     def hook(j: int, x: torch.Tensor) -> torch.Tensor:
         if 1 <= j <= tokens.shape[1]:
-            return torch.cat([x[:, :1], tokens[:, j - 1].to(x.dtype), x[:, 1 + n:]], 1)
+            return torch.cat([x[:, :1], round_as_released(tokens[:, j - 1], rounding).to(x.dtype), x[:, 1 + n:]], 1)
         return x
 
     return hook
@@ -211,8 +217,9 @@ class AdaCLIP(ClipDetector):
         eot = torch.cat([e for _, e, _ in parts])
         counts = [p[0].shape[0] for p in parts]
         per_sentence = tokens.expand(len(class_names), -1, -1, -1).repeat_interleave(torch.tensor(counts, device=tokens.device), 0)
+        hook = overwrite_prompt_hook(per_sentence, self.options.prompt_rounding)
         with self._tower_precision():
-            feats = self.clip.encode_text_embeddings(emb, eot, hook=overwrite_prompt_hook(per_sentence))
+            feats = self.clip.encode_text_embeddings(emb, eot, hook=hook)
         return torch.stack([self._pool_states(f, n) for f, (_, _, n) in zip(feats.split(counts), parts)])
 
     # ---- forward ------------------------------------------------------------------------------------------------
@@ -236,7 +243,7 @@ class AdaCLIP(ClipDetector):
         if prompts is not None:
             prompts = prompts.expand(x.shape[0], -1, -1, -1)
             with self._tower_precision():
-                feats = self.clip.image_features(x, hook=appended_prompt_hook(prompts),
+                feats = self.clip.image_features(x, hook=appended_prompt_hook(prompts, o.prompt_rounding),
                                                  checkpointing=getattr(self, "grad_checkpointing", False))
         else:
             feats = plain

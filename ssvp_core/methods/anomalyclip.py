@@ -2,7 +2,10 @@
 zqhang/AnomalyCLIP @45ed4dd (`AnomalyCLIP_lib/AnomalyCLIP.py`, `prompt_ensemble.py`, `train.py`, `test.py`).
 
     prompts   "[X]x12 object." and "[X]x12 damaged object." with 12 learnable context vectors each, plus deep
-              text prompts: before text blocks 1..8, 4 learnable tokens replace positions 1..4 (depth 9).
+              text prompts: before text blocks 1..8, 4 learnable tokens replace positions 1..4 (depth 9). The release's
+              text block casts them with `.half()` before inserting them into the float32 stream, which rounds them, and
+              in backward their gradients, through fp16 per prompt (`prompt_rounding=fp16`, default; `none` keeps them
+              fp32; prompts.round_as_released).
     DPAM      from block `dpam_start` on (the released DPAM_layer=20 on 24 blocks = blocks 6-24), a side stream
               collects V-V self-attention (q = k = v from the block's own weights and output projection, no FFN)
               computed on ln_1 of the ORIGINAL stream's block input: side = h_in + sum_blocks VV(ln_1(h_in)). The
@@ -18,8 +21,6 @@ zqhang/AnomalyCLIP @45ed4dd (`AnomalyCLIP_lib/AnomalyCLIP.py`, `prompt_ensemble.
 
 Layers (§1.3): the published numbers come from layer 24 only (`layers=published`, default); `layers=nominal` taps
 6/12/18/24, and `tap_bug=true` reproduces the pre-2025 in-place bug that made all four taps equal the last layer.
-Not reproduced: the released text block rounds the deep prompts through fp16 (`.half()`) before inserting them,
-which rounds their values and gradients to fp16 (relative 5e-4); here they stay fp32.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from ..backbones import autocast_context
 from ..data.loader import batch_view
-from ..prompts import PromptEncoder, placeholder_template
+from ..prompts import PromptEncoder, PromptRounding, placeholder_template, round_as_released
 from .base import ClipDetector, Output
 from .common import layer_maps, segmentation_loss
 
@@ -48,6 +49,7 @@ class AnomalyCLIPOptions:
     tap_bug: bool = False  # nominal layers, but every tap equals the last layer (the bug fixed in 2025)
     temperature: float = 0.07
     lambda_local: float = 4.0
+    prompt_rounding: PromptRounding = "fp16"  # fp16: deep prompts through float16 as released (.half()) | none: fp32
 
 
 class AnomalyCLIP(ClipDetector):
@@ -69,12 +71,14 @@ class AnomalyCLIP(ClipDetector):
         return [self.ctx_normal, self.ctx_abnormal, self.deep_text]
 
     def _text_hook(self):
-        tokens = self.deep_text
+        tokens, rounding = self.deep_text, self.options.prompt_rounding
 
         def hook(j: int, x: torch.Tensor) -> torch.Tensor:
             if 1 <= j <= tokens.shape[0]:
                 n = tokens.shape[1]
-                return torch.cat([x[:, :1], tokens[j - 1].expand(x.shape[0], -1, -1).to(x.dtype), x[:, 1 + n:]], 1)
+                # expanded first, then rounded: each prompt's gradient is rounded before the two are summed, as released
+                inserted = round_as_released(tokens[j - 1].expand(x.shape[0], -1, -1), rounding).to(x.dtype)
+                return torch.cat([x[:, :1], inserted, x[:, 1 + n:]], 1)
             return x
 
         return hook
