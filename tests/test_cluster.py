@@ -1,8 +1,8 @@
 """The smoke plan on a real local Ray cluster (a head and two worker nodes, each its own raylet, on this machine):
 one worker process is killed in the middle of a training, Ray retries the task, the training resumes from its
 mid-epoch checkpoint, and the plan ends with the parameters and metrics of an uninterrupted in-process run; then
-`ssvp reproduce` renders a page from those runs without training or evaluating anything, with the tables of the
-in-process workspace.
+`ssvp reproduce` renders both pages from those runs without training or evaluating anything, with the tables (and
+Figure 6's prompt embeddings) of the in-process workspace.
 
 Both runs use one thread per job (SSVP_THREADS=1), the same kernels on the same machine; parameters and metrics are
 still compared with float32 tolerances, not bitwise. Every Ray process of the test is started in a process group of
@@ -197,10 +197,26 @@ def _assert_same_results(a: Path, b: Path) -> None:
         assert (frame.value - other.value).abs().max() < 1e-4 or frame.value.equals(other.value), name
 
 
+def _assert_same_figure6_inputs(a: Path, b: Path) -> None:
+    """The t-SNE page's input in both workspaces: each model's normalised prompt embeddings per test image (the
+    figure itself, a t-SNE layout, amplifies last-bit differences and is not compared)."""
+    from ssvp_core.reports import Study, analysis, tables
+
+    embeddings = {}
+    for workspace in (a, b):
+        study = Study("smoke", workspace, [SETTINGS[0]], device="cpu")
+        embeddings[workspace] = [analysis.prompt_embeddings(study, model) for model in tables.tsne_models(study)]
+    for (vectors_a, labels_a), (vectors_b, labels_b) in zip(embeddings[a], embeddings[b]):
+        assert labels_a == labels_b and len(labels_a) > 0
+        # unit vectors from float32 forwards of parameters equal to 1e-4 of their scale
+        assert abs(vectors_a - vectors_b).max() < 1e-4
+
+
 def _snapshot(workspace: Path) -> dict:
-    """Every file of the runs (checkpoints, evaluations, feature caches) with its size and modification time."""
+    """Every file of the runs (checkpoints, evaluations, feature caches) with its size and modification time; not the
+    run folders' empty lock files, which a page that finds its model trained still takes to read it."""
     return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in (workspace / "runs").rglob("*")
-            if p.is_file() and "plan-runs" not in p.parts}
+            if p.is_file() and "plan-runs" not in p.parts and p.name != ".lock"}
 
 
 def test_the_smoke_plan_survives_a_killed_worker_on_a_local_ray_cluster(ray_cluster, tmp_path):
@@ -238,14 +254,17 @@ def test_the_smoke_plan_survives_a_killed_worker_on_a_local_ray_cluster(ray_clus
 
     _assert_same_results(reference, clustered)
 
-    # `ssvp reproduce` renders a page from the cluster's runs without training or evaluating anything, and its
-    # tables equal those rendered from the in-process runs
+    # `ssvp reproduce` renders both pages from the cluster's runs without training or evaluating anything: no file
+    # under runs/ changes; DAPO's tables equal those rendered from the in-process runs, and Figure 6's input (the
+    # prompt embeddings its t-SNE lays out) is the same in both workspaces
     before = _snapshot(clustered)
     reports = {}
     for workspace in (clustered, reference):
-        run = subprocess.run(_ssvp(workspace, "reproduce", "--profile", "smoke", "--only", "dapo", "--set",
+        run = subprocess.run(_ssvp(workspace, "reproduce", "--profile", "smoke", "--only", *PAGES, "--set",
                                    SETTINGS[0]), env=_env(), capture_output=True, text=True, timeout=900, cwd=tmp_path)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        status = json.loads((workspace / "reports/smoke/status.json").read_text())
+        assert all(status[page]["status"] == "ok" for page in PAGES), status
         reports[workspace] = {p.name: pd.read_csv(p) for p in (workspace / "reports/smoke/dapo").glob("*.csv")}
     assert _snapshot(clustered) == before
     assert reports[clustered].keys() == reports[reference].keys() and reports[clustered]
@@ -254,5 +273,6 @@ def test_the_smoke_plan_survives_a_killed_worker_on_a_local_ray_cluster(ray_clus
         numeric = frame.select_dtypes("number").columns
         pd.testing.assert_frame_equal(frame.drop(columns=numeric), other.drop(columns=numeric))
         pd.testing.assert_frame_equal(frame[numeric], other[numeric], rtol=0, atol=1e-4)
+    _assert_same_figure6_inputs(clustered, reference)
     print(f"in-process plan {local_seconds:.0f} s, Ray cluster started in {cluster_seconds:.0f} s, "
           f"whole test {time.time() - started:.0f} s")

@@ -123,7 +123,7 @@ class Summary:
         return pd.DataFrame(self.rows, columns=["job", "status", "attempts", "where", "seconds", "error"])
 
     def render(self) -> str:
-        frame = self.frame().fillna("")
+        frame = self.frame().astype(object).fillna("")  # blanks where a job has no time or error
         ran = [r for r in self.rows if r["status"] not in ("already done",)]
         return "\n".join([frame.to_markdown(index=False, disable_numparse=True), "",
                           f"{len(ran)} job(s) run by the {self.executor} executor in {self.seconds:.0f} s, "
