@@ -45,7 +45,7 @@ bench: setup
 	$(BIN)/python bench/train_cache.py
 
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --config=jupyter_server_config.py notebooks/
 
 clean-reports:
 	rm -rf reports/smoke

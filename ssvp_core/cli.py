@@ -4,6 +4,8 @@ Exit status: 0 done; 1 done, but something needs a look (`predict` / `eval` of y
 could not be read, and say which; `data verify` found problems; a notebook of `reproduce` failed); 2 a user error
 (SSVPError: one clear message, nothing or not everything done); 130 interrupted. Anything else is a bug and keeps
 its traceback.
+Paths typed as arguments are relative to the current folder; the data, runs and reports a preset names resolve in
+the workspace (`--workspace`, `$SSVP_WORKSPACE`, or the marker file found from here; ssvp_core/workspace.py).
 """
 from __future__ import annotations
 
@@ -120,7 +122,9 @@ def cmd_data_meta(args) -> int:
 
 def _run_config(args):
     from .config import load_config
+    from .reports.experiments import Study
 
+    Study(args.profile).ensure_data()  # a profile's generated data (smoke's synthetic set, the replicas) on first use
     overrides = list(args.set or [])
     if getattr(args, "train_on", None):
         overrides += _dataset_override("train", args.train_on, args.profile)
@@ -136,8 +140,10 @@ def _dataset_override(section: str, names: list[str] | str, profile: str) -> lis
     roots = load_preset(profile).get("datasets") or {}
     refs = []
     for item in ([names] if isinstance(names, str) else names):
-        name, _, root = item.partition("=")
-        root = root or roots.get(name) or f"data/{name}"
+        name, _, typed = item.partition("=")
+        # a root typed on the command line is the user's path (from the current folder); a preset's root is the
+        # workspace's (kept relative, resolved where it is read)
+        root = str(Path(typed).expanduser().resolve()) if typed else roots.get(name) or f"data/{name}"
         refs.append((name, root))
     if section == "train":
         (name, root), = refs
@@ -343,9 +349,23 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_workspace(args) -> int:
+    from .workspace import find
+
+    ws = find()
+    print(f"workspace: {ws.describe()}")
+    for name, path in (("data", ws.data), ("runs", ws.runs), ("reports", ws.reports)):
+        print(f"  {name:<8}{path}{'' if path.exists() else ' (not created yet)'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssvp", description="SSVP reproducibility kit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is being done")
+    parser.add_argument("--workspace", metavar="DIR",
+                        help="the folder holding data/, runs/ and reports/ (default: $SSVP_WORKSPACE, else the nearest "
+                             "folder above the current one with a .ssvp-workspace file, else the source checkout, else "
+                             "the current folder); `ssvp workspace` shows which")
     sub = parser.add_subparsers(dest="cmd", required=True)
     _add_data(sub)
     for name, func, helptext in (("train", cmd_train, "train a method on the auxiliary dataset's test split"),
@@ -388,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="stop at the first file that cannot be read (default: list it, go on, exit 1 at the end)")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("workspace", help="show the workspace root, how it was found, and where data, runs and reports go")
+    p.set_defaults(func=cmd_workspace)
     p = sub.add_parser("reproduce", help="run the notebooks (papermill) and build reports/<profile>/index.html")
     p.add_argument("--profile", default="smoke", help="smoke (tiny models, synthetic data) | rehearsal (the paper's settings on tiny models and "
                                                              "replicas of the real layouts) | paper | a preset YAML")
@@ -396,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="notebooks run at once")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override applied to every experiment")
     p.add_argument("--force", action="store_true", help="re-run notebooks even when nothing changed")
-    p.add_argument("--reports", default="reports", help="reports root (default: reports)")
+    p.add_argument("--reports", help="reports root (default: the workspace's reports/)")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="show the kernels' own output (otherwise kept in each notebook's kernel.log)")
     p.set_defaults(func=cmd_reproduce)
@@ -404,8 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    from .workspace import ENV
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.workspace:  # through the environment, so that notebook kernels and worker processes resolve the same root
+        os.environ[ENV] = str(Path(args.workspace).expanduser().resolve())
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)

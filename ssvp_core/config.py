@@ -129,14 +129,23 @@ class RunConfig:
     prompt_class_name: str = ""  # "" = each dataset's class names in the prompts; e.g. "object" for one generic name
     device: str = "auto"
     out_dir: str = "runs"
+    # the folder relative paths of this config (dataset roots, out_dir, feature_cache_dir) resolve against
+    # (workspace.py); "" = the workspace found from the environment when a path is resolved
+    workspace: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def path(self, path: str) -> Path:
+        """A path of this config, resolved against its workspace root (an absolute path stays as it is)."""
+        from .workspace import resolve
+
+        return resolve(path, self.workspace or None)
+
     def fingerprint(self) -> str:
         """Hash of everything that changes a trained model (not evaluation, device or output settings)."""
         d = self.to_dict()
-        for key in ("eval", "device", "out_dir", "profile"):
+        for key in ("eval", "device", "out_dir", "profile", "workspace"):
             d.pop(key)
         # how the run is executed, not what it learns (the feature cache's dtype stays: fp16 features round the inputs)
         for key in ("num_workers", "checkpoint_every", "feature_cache", "feature_cache_dir", "feature_cache_ram_gb",
@@ -256,9 +265,11 @@ def load_preset(profile: str) -> dict:
 
 
 def load_config(profile: str = "paper", method: str = "ssvp", overrides: list[str] | None = None,
-                extra: dict | None = None) -> RunConfig:
-    """Resolve a run configuration (see the module docstring for the order)."""
+                extra: dict | None = None, workspace: str | Path | None = None) -> RunConfig:
+    """Resolve a run configuration (see the module docstring for the order). `workspace`: the root its relative
+    paths resolve against (default: found from the environment, workspace.py), recorded in the config."""
     from .methods import method_spec  # late import: methods import config
+    from .workspace import find
 
     preset = load_preset(profile)
     spec = method_spec(method)
@@ -268,7 +279,7 @@ def load_config(profile: str = "paper", method: str = "ssvp", overrides: list[st
     layers += [extra or {}] + [parse_override(o) for o in overrides or []]
 
     def resolve(train_defaults: dict) -> dict:
-        merged: dict = {"profile": preset.get("profile", profile), "method": method}
+        merged: dict = {"profile": preset.get("profile", profile), "method": method, "workspace": str(find(workspace).root)}
         merged = deep_merge(merged, {"train": train_defaults, "eval": spec.eval_defaults, "backbone": spec.backbone_defaults})
         for layer in layers:
             merged = deep_merge(merged, layer)

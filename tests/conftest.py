@@ -1,15 +1,34 @@
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TQDM_DISABLE", "1")
-
-import shutil
-from pathlib import Path
+# Every path a preset names (data/, runs/, reports/) resolves in this throwaway workspace unless a test sets its own:
+# the tests never write into the repository's workspace.
+DEFAULT_WORKSPACE = Path(tempfile.mkdtemp(prefix="ssvp-tests-workspace-"))
+os.environ["SSVP_WORKSPACE"] = str(DEFAULT_WORKSPACE)
 
 import pytest
 import torch
 
 from ssvp_core.data.synthetic import generate
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_default_workspace():
+    yield
+    shutil.rmtree(DEFAULT_WORKSPACE, ignore_errors=True)
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch) -> Path:
+    """A private, empty workspace for one test (SSVP_WORKSPACE points at it)."""
+    root = tmp_path / "workspace"
+    root.mkdir()
+    monkeypatch.setenv("SSVP_WORKSPACE", str(root))
+    return root
 
 
 def pytest_addoption(parser):

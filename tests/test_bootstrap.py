@@ -153,7 +153,7 @@ def test_evaluation_cache_gains_resamples_once_and_keeps_them(synth_root, tmp_pa
 
     from ssvp_core.config import load_preset
     from ssvp_core.engine import infer
-    from ssvp_core.reports import experiments, tables
+    from ssvp_core.reports import EvalJob, Model, Study, tables
 
     preset = load_preset("smoke")
     preset.pop("synthetic")
@@ -165,10 +165,11 @@ def test_evaluation_cache_gains_resamples_once_and_keeps_them(synth_root, tmp_pa
     calls = []
     real = infer.evaluate
     monkeypatch.setattr(infer, "evaluate", lambda *a, **k: calls.append(k.get("bootstrap")) or real(*a, **k))
-    plain = experiments.evaluation(str(path), "reference", "synth-b")
+    study = Study(str(path), workspace=tmp_path)
+    plain = study.evaluation(EvalJob(Model("reference", "synth-b")))
     assert "bootstrap" not in plain.extra
-    with_ci = experiments.evaluation(str(path), "reference", "synth-b", bootstrap=True)
-    again = experiments.evaluation(str(path), "reference", "synth-b")
+    with_ci = study.evaluation(EvalJob(Model("reference", "synth-b"), bootstrap=True))
+    again = study.evaluation(EvalJob(Model("reference", "synth-b")))
     assert calls == [False, True]
     assert again.extra["bootstrap"]["resamples"] == 50
     lo, hi = tables.interval(again, "pixel_auroc").values()

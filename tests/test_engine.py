@@ -136,7 +136,7 @@ def test_only_rank_0_writes_reports_and_predictions(tmp_path, monkeypatch, capsy
     """Under torchrun the other ranks of `reproduce` and `predict` exit at once: no second writer of the same files."""
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SSVP_WORKSPACE", str(tmp_path))
     assert main(["reproduce", "--profile", "smoke", "--only", "tsne"]) == 0
     assert main(["predict", str(tmp_path), "--checkpoint", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "out")]) == 0
     assert list(tmp_path.iterdir()) == [] and capsys.readouterr().out == ""

@@ -8,7 +8,6 @@
 """
 import csv
 import json
-import os
 
 import numpy as np
 import pytest
@@ -19,8 +18,8 @@ from ssvp_core.config import load_config, load_preset
 from ssvp_core.data import read_dataset
 from ssvp_core.data.replicas import MVTEC, MPDD, REAL_IAD, REPLICAS, VISA_LABELS, ReplicaSize, ensure_replica
 from ssvp_core.data.verify import verify_dataset
-from ssvp_core.reports import experiments, tables
-from ssvp_core.reports.pages import PAGES
+from ssvp_core.reports import Model, Study, tables
+from ssvp_core.reports.catalog import PAGES
 
 METHODS = ["ssvp", "vip2clip", "dapo", "winclip", "aprilgan", "anomalyclip", "adaclip", "bayes_pfl"]
 SSVP_VISA_TARGETS = ["mvtec", "btad", "ksdd2", "rsdd", "dagm", "dtd"]
@@ -30,46 +29,45 @@ SSVP_VISA_TARGETS = ["mvtec", "btad", "ksdd2", "rsdd", "dagm", "dtd"]
 def test_ssvp_trains_on_visa_for_every_target_but_visa(profile):
     """SSVP §4.1: VisA is the auxiliary source for MVTec-AD, BTAD, KSDD2, RSDD, DAGM and DTD-Synthetic; MVTec-AD for VisA."""
     for target in SSVP_VISA_TARGETS:
-        assert experiments.protocol_sources(profile, target, "ssvp") == ["visa"], target
-        assert experiments.protocol_source(profile, target, "ssvp") == "visa"
-    assert experiments.protocol_sources(profile, "visa", "ssvp") == ["mvtec"]
-    cfg = experiments.run_config(profile, "ssvp", "btad")
-    assert (cfg.train.dataset, cfg.train.root, cfg.train.extra) == ("visa", experiments.dataset_root(profile, "visa"), [])
+        assert Study(profile).sources("ssvp", target) == ["visa"], target
+    assert Study(profile).sources("ssvp", "visa") == ["mvtec"]
+    cfg = Study(profile).config(Model("ssvp", "btad"))
+    assert (cfg.train.dataset, cfg.train.root, cfg.train.extra) == ("visa", load_preset(profile)["datasets"]["visa"], [])
     assert [d.name for d in cfg.eval.datasets] == ["btad"]
 
 
 @pytest.mark.parametrize("method", ["anomalyclip", "vip2clip", "dapo", "aprilgan", "bayes_pfl"])
 def test_anomalyclip_convention_trains_on_mvtec_for_every_target_but_mvtec(method):
     for target in ["visa", "btad", "ksdd2", "rsdd", "dagm", "dtd", "mpdd", "ksdd", "real-iad", "headct", "kvasir"]:
-        assert experiments.protocol_sources("paper", target, method) == ["mvtec"], (method, target)
-    assert experiments.protocol_sources("paper", "mvtec", method) == ["visa"]
+        assert Study("paper").sources(method, target) == ["mvtec"], (method, target)
+    assert Study("paper").sources(method, "mvtec") == ["visa"]
 
 
 def test_adaclip_pools_two_training_sets():
     """AdaCLIP README 'Corrections': MVTec-AD + ColonDB for VisA and the rest, VisA + ClinicDB for MVTec-AD, ColonDB."""
-    assert experiments.protocol_sources("paper", "visa", "adaclip") == ["mvtec", "colondb"]
-    assert experiments.protocol_sources("paper", "btad", "adaclip") == ["mvtec", "colondb"]
-    assert experiments.protocol_sources("paper", "mvtec", "adaclip") == ["visa", "clinicdb"]
-    assert experiments.protocol_sources("paper", "colondb", "adaclip") == ["visa", "clinicdb"]
-    cfg = experiments.run_config("paper", "adaclip", "mvtec")
+    assert Study("paper").sources("adaclip", "visa") == ["mvtec", "colondb"]
+    assert Study("paper").sources("adaclip", "btad") == ["mvtec", "colondb"]
+    assert Study("paper").sources("adaclip", "mvtec") == ["visa", "clinicdb"]
+    assert Study("paper").sources("adaclip", "colondb") == ["visa", "clinicdb"]
+    cfg = Study("paper").config(Model("adaclip", "mvtec"))
     assert (cfg.train.dataset, [(d.name, d.root) for d in cfg.train.extra]) == ("visa", [("clinicdb", "data/clinicdb")])
-    assert experiments.trained_on("paper", "adaclip", "visa") == "mvtec+colondb"
-    assert experiments.trained_on("paper", "winclip", "visa").startswith("none")
+    assert Study("paper").trained_on("adaclip", "visa") == "mvtec+colondb"
+    assert Study("paper").trained_on("winclip", "visa").startswith("none")
     # pooling changes the model, so the run folder; a single-source run keeps the fingerprint it had without `extra`
-    single = experiments.run_config("paper", "anomalyclip", "visa")
+    single = Study("paper").config(Model("anomalyclip", "visa"))
     assert "extra" not in json.dumps(single.to_dict()["train"]) or single.train.extra == []
     assert cfg.fingerprint() != load_config("paper", "adaclip", ["train.dataset=visa", "train.root=data/visa"]).fingerprint()
 
 
 def test_smoke_protocol_is_one_rule_for_every_method():
     for method in METHODS:
-        assert experiments.protocol_sources("smoke", "synth-b", method) == ["synth-a"]
+        assert Study("smoke").sources(method, "synth-b") == ["synth-a"]
 
 
 def test_tables_say_which_training_set_produced_each_number():
     import pandas as pd
 
-    frame = pd.DataFrame([{"method": "ssvp", "dataset": t, "trained_on": experiments.trained_on("paper", "ssvp", t)}
+    frame = pd.DataFrame([{"method": "ssvp", "dataset": t, "trained_on": Study("paper").trained_on("ssvp", t)}
                           for t in ["mvtec", "visa", "btad"]])
     assert tables.protocol_note(frame) == ("Trained on (the auxiliary dataset's test split; target <- source): "
                                            "ssvp: mvtec, btad <- visa; visa <- mvtec.")
@@ -77,7 +75,7 @@ def test_tables_say_which_training_set_produced_each_number():
 
 # --- the rehearsal preset -------------------------------------------------------------------------------------------
 
-ALLOWED_PRESET_DIFFERENCES = {"profile", "banner", "image_size", "backbone", "train", "eval", "replicas", "datasets",
+ALLOWED_PRESET_DIFFERENCES = {"profile", "banner", "differences", "image_size", "backbone", "train", "eval", "replicas", "datasets",
                               "ablation_seeds", "sensitivity", "table5", "efficiency_repeats", "methods"}
 ALLOWED_CONFIG_DIFFERENCES = {
     ("profile",), ("image_size",), ("backbone", "precision"), ("train", "epochs"), ("train", "num_workers"),
@@ -219,13 +217,8 @@ def test_cli_writes_replicas(tmp_path, capsys):
 def test_reproduce_rehearsal_runs_every_notebook_green(tmp_path):
     from ssvp_core.reports.runner import reproduce
 
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        index = reproduce("rehearsal", jobs=2, log=lambda *_: None)
-    finally:
-        os.chdir(cwd)
-    index = tmp_path / index
+    index = reproduce("rehearsal", jobs=2, log=lambda *_: None, workspace=tmp_path)
+    assert index == tmp_path / "reports" / "rehearsal" / "index.html"
     status = json.loads((index.parent / "status.json").read_text())
     failed = {name: s["error"] for name, s in status.items() if s["status"] != "ok"}
     assert set(status) == set(PAGES) and failed == {}

@@ -1,14 +1,18 @@
-"""Notebooks, the papermill runner and the HTML report.
+"""The notebooks as a user runs them, the papermill runner and the HTML report.
 
-* every notebook has a `parameters` cell and no stored outputs, and calls its page function;
-* one notebook runs through papermill with non-default parameters that take effect, and its rendered outputs hold
-  no warning, no traceback and no number with more than 2 decimals; Table 1 carries CIs, a reference paper column
-  without delta (smoke), its bar chart and the index summary;
-* `reproduce` writes the executed notebook, its HTML, tables and figures, skips unchanged work, marks a failing
-  notebook failed while keeping its earlier good outputs, and keeps the kernels' noise out of the terminal;
+* a notebook run by papermill from another folder reads and writes the workspace (data, runs, reports), publishes
+  its page into reports/<profile>/ with the index, creates nothing where it was started or under notebooks/, takes
+  its parameters, and renders clean: no warning, no traceback, no progress residue, tables with 2 decimals, Table 1
+  with CIs, a reference paper column without delta (smoke), its bar chart and the index summary;
+* the steps a notebook shows are the ones the report reads: a model the CLI trained is reused, a table assembles
+  from the evaluations its jobs list without computing anything else;
+* `reproduce` (from any folder, with --workspace) writes the executed notebook, its HTML, tables and figures, skips
+  unchanged work, marks a failing notebook failed while keeping its earlier good outputs, and keeps the kernels'
+  noise out of the terminal;
 * the index (with Table 1's summary) and the `ssvp predict` gallery render in headless Chromium: no console error,
   every image loads, the screenshot is not blank.
 """
+import contextlib
 import json
 import os
 import re
@@ -23,61 +27,79 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ssvp_core.reports.pages import PAGES
-from ssvp_core.reports.runner import DEFAULT_NOTEBOOKS, reproduce
+from ssvp_core.reports import EvalJob, Model, Study, tables
+from ssvp_core.reports.catalog import NOTEBOOKS, PAGES
+from ssvp_core.reports.runner import reproduce
 
-NOTEBOOKS = sorted(DEFAULT_NOTEBOOKS.glob("*.ipynb"))
-
-
-def test_every_page_has_a_notebook():
-    assert sorted(p.stem for p in NOTEBOOKS) == sorted(PAGES)
+REPO = NOTEBOOKS.parent
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_has_parameters_and_no_outputs(path):
-    nb = nbformat.read(path, as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(tagged) == 1 and tagged[0].cell_type == "code"
-    source = tagged[0].source
-    for name in ("profile", "out_dir", "overrides", "device"):
-        assert f"{name} = " in source
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None
-    assert any(f"pages.{path.stem}(" in c.source for c in nb.cells if c.cell_type == "code")
+@contextlib.contextmanager
+def environment(**values):
+    """Set environment variables for a block (module-scoped fixtures cannot use monkeypatch)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A working directory for notebook runs: data/, runs/ and reports/ are created under it."""
-    return tmp_path_factory.mktemp("reproduce")
+    """The workspace of this module's notebook runs: data/, runs/ and reports/ are created under it."""
+    return tmp_path_factory.mktemp("workspace")
 
 
 @pytest.fixture(scope="module")
-def table1_run(workdir):
-    """Table 1 through papermill with two training-free methods and a smaller evaluation batch."""
+def table1_run(workdir, tmp_path_factory):
+    """Table 1 through papermill, started from another folder with the workspace in $SSVP_WORKSPACE and no out_dir
+    (as a user runs it): two training-free methods and a smaller evaluation batch."""
     import papermill as pm
 
-    out = workdir / "custom-out"
-    params = {"profile": "smoke", "out_dir": str(out), "methods": ["reference", "winclip"],
-              "overrides": ["eval.batch_size=4", "eval.bootstrap=200"]}
-    executed = workdir / "table1-run.ipynb"
-    pm.execute_notebook(str(DEFAULT_NOTEBOOKS / "table1.ipynb"), str(executed), parameters=params, kernel_name="python3",
-                        progress_bar=False, cwd=str(workdir))
-    return out, executed
+    elsewhere = tmp_path_factory.mktemp("started-here")
+    notebooks_before = _listing(NOTEBOOKS)
+    repo_runs_before = _listing(REPO / "runs") if (REPO / "runs").is_dir() else None  # make demo's, if it ran here
+    params = {"methods": ["reference", "winclip"], "overrides": ["eval.batch_size=4", "eval.bootstrap=200"]}
+    executed = elsewhere / "table1-run.ipynb"
+    with environment(SSVP_WORKSPACE=workdir):
+        pm.execute_notebook(str(NOTEBOOKS / "table1.ipynb"), str(executed), parameters=params, kernel_name="python3",
+                            progress_bar=False, cwd=str(elsewhere))
+    return {"out": workdir / "reports" / "smoke" / "table1", "executed": executed, "elsewhere": elsewhere,
+            "notebooks_before": notebooks_before, "repo_runs_before": repo_runs_before}
 
 
-def test_papermill_parameters_take_effect(table1_run, workdir):
-    out, executed = table1_run
-    nb = nbformat.read(executed, as_version=4)
+def test_every_page_has_a_notebook():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(PAGES)
+
+
+def test_papermill_from_another_folder_publishes_into_the_workspace(table1_run, workdir):
+    out = table1_run["out"]
+    nb = nbformat.read(table1_run["executed"], as_version=4)
     assert nb.metadata.papermill.parameters["methods"] == ["reference", "winclip"]
-    table = pd.read_csv(out / "table1_image.csv")
-    assert set(table.method) == {"reference", "winclip"}  # the default would be the six Table-1 methods
+    assert set(pd.read_csv(out / "table1_image.csv").method) == {"reference", "winclip"}  # not the default six
     manifest = json.loads((out / "manifest.json").read_text())
-    assert [t["name"] for t in manifest["tables"]] == ["table1_image", "table1_pixel"]
+    assert [t["name"] for t in manifest["tables"]] == ["protocol", "table1_image", "table1_pixel", "table1_test"]
+    assert manifest["out_dir"] == str(out) and manifest["workspace"] == str(workdir)
     assert any("200 resamples" in n for n in manifest["notes"])  # the override reached the bootstrap
-    cached = list((workdir / "runs" / "smoke" / "winclip").rglob("eval/*.pkl"))
-    assert cached  # evaluations are cached for the next notebook
+    assert manifest["differences"] and all(d["what"] and d["why"] for d in manifest["differences"])
+    status = json.loads((workdir / "reports" / "smoke" / "status.json").read_text())
+    assert status["table1"]["status"] == "ok" and status["table1"]["run_by"] == "notebook kernel"
+    assert "table1/table1_bars.png" in (workdir / "reports" / "smoke" / "index.html").read_text()
+    assert list((workdir / "runs" / "smoke" / "winclip").rglob("eval/*.pkl"))  # cached for the next notebook
+    assert (workdir / "data" / "synth" / "synth-b").is_dir()
+    assert _listing(table1_run["elsewhere"]) == ["table1-run.ipynb"]  # nothing written where papermill started
+    assert _listing(NOTEBOOKS) == table1_run["notebooks_before"]
+    repo_runs = _listing(REPO / "runs") if (REPO / "runs").is_dir() else None
+    assert repo_runs == table1_run["repo_runs_before"]  # the repository's own runs/ untouched (absent in a clone)
 
 
 LONG_DECIMAL = re.compile(r"(?<![\w.])\d+\.\d{3,}(?![\w.])")
@@ -88,49 +110,119 @@ def _outputs(nb) -> list[dict]:
 
 
 def test_rendered_notebook_is_clean_and_tables_show_two_decimals(table1_run):
-    out, executed = table1_run
-    outputs = _outputs(nbformat.read(executed, as_version=4))
+    out = table1_run["out"]
+    outputs = _outputs(nbformat.read(table1_run["executed"], as_version=4))
     assert outputs
     assert not [o for o in outputs if o.output_type == "error"]
     assert not [o for o in outputs if o.output_type == "stream" and o.name == "stderr"]
     text = json.dumps([o.get("data", {}).get("text/html", "") + o.get("text", "") for o in outputs])
-    for noise in ("Warning", "Traceback", "IProgress", "NaN", "nan<"):
+    for noise in ("Warning", "Traceback", "IProgress", "NaN", "nan<", "ssvp-progress"):
         assert noise not in text
     for name in ("table1_image", "table1_pixel"):
         fragment = (out / f"{name}.table.html").read_text()
         numbers = [n for n in re.findall(r"<td>([^<]*)</td>", fragment)]
         assert numbers and not [n for n in numbers if LONG_DECIMAL.search(n)]
         assert "95% CI" in fragment and "paper, MVTec-AD (reference)" in fragment and "delta" not in fragment
+        assert fragment.split("<tbody>")[1].count("<tr>") == 2  # one row per (dataset, method, trained_on) there is
     data = pd.read_csv(out / "table1_image.csv")
     assert (data.ci_low <= data.reproduced + 1e-9).all() and (data.reproduced <= data.ci_high + 1e-9).all()
     assert data.delta.isna().all() and (data.paper_dataset == "mvtec").all()  # synthetic vs MVTec: no delta
     assert (out / "table1_bars.png").is_file() and (out / "summary.html").is_file()
 
 
-def test_table_fragment_never_collides_with_the_exported_notebook(tmp_path, monkeypatch):
-    """Table 2's page has a table named table2; the runner exports the notebook as table2.html beside it."""
-    from ssvp_core.reports import experiments, pages
+def test_the_notebook_shows_the_papers_numbers_before_anything_runs(table1_run):
+    """The first output after the setup is the paper's Table 1 (every published SSVP MVTec-AD number in it)."""
+    nb = nbformat.read(table1_run["executed"], as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    paper_cell = next(i for i, c in enumerate(code) if "page.paper(" in c.source)
+    train_cell = next(i for i, c in enumerate(code) if "study.train(" in c.source)
+    assert paper_cell < train_cell
+    shown = "".join(o.get("data", {}).get("text/html", "") for o in code[paper_cell].outputs)
+    for value in ("93.00", "93.30", "96.70", "92.20", "89.00", "50.00"):  # SSVP's MVTec-AD row, SSVP v2 Table 1
+        assert value in shown
+    assert "Source: SSVP v2 Table 1" in shown
 
-    monkeypatch.setattr(experiments, "ensure_profile_data", lambda profile: None)
-    page = pages.Page("table2", "smoke", str(tmp_path), ())
+
+def test_table_fragment_never_collides_with_the_exported_notebook(workspace):
+    """Table 2's page has a table named table2; the runner exports the notebook as table2.html beside it."""
+    page = Study("smoke").page("table2", workspace / "out")
     page.table("table2", "t", pd.DataFrame({"x": [1.0]}))
-    assert page.manifest["tables"][0]["html"] == "table2.table.html" and not (tmp_path / "table2.html").exists()
+    assert page.manifest["tables"][0]["html"] == "table2.table.html" and not (workspace / "out" / "table2.html").exists()
+
+
+def test_a_page_opened_without_out_dir_is_published_by_its_last_step(workspace):
+    """What JupyterLab does: the page is written into a work folder and moved into reports/ only by publish(), which
+    records the run and rebuilds the index; an earlier page stays until then."""
+    study = Study("smoke")
+    final = workspace / "reports" / "smoke" / "table4"
+    final.mkdir(parents=True)
+    (final / "old.csv").write_text("x\n1\n")
+    page = study.page("table4")
+    page.table("table4", "Table 4", pd.DataFrame({"x": [1.0]}))
+    assert (final / "old.csv").is_file() and not (final / "table4.csv").exists()
+    page.publish()
+    assert (final / "table4.csv").is_file() and not (final / "old.csv").exists()
+    manifest = json.loads((final / "manifest.json").read_text())
+    assert manifest["out_dir"] == str(final) and manifest["differences"]
+    status = json.loads((final.parent / "status.json").read_text())
+    assert status["table4"]["run_by"] == "notebook kernel" and status["table4"]["key"] is None
+    assert "notebook kernel" in (final.parent / "index.html").read_text()
+    assert not list((final.parent / ".work").glob("table4*"))
 
 
 def test_number_formatting():
-    from ssvp_core.reports.pages import format_p, table_html
+    from ssvp_core.reports.formatting import format_p, table_html
 
     html = table_html(pd.DataFrame({"a": [66.666667, float("nan")], "b": ["x", None], "n": [3, 4]}))
     assert "66.67" in html and "66.666" not in html and "—" in html and "nan" not in html.lower().replace("nan;", "")
     assert format_p(0.0019) == "< 0.01" and format_p(0.4321) == "0.43" and format_p(float("nan")) == "—"
 
 
+def test_a_model_the_cli_trained_is_reused_by_the_notebook_steps(workspace, capsys):
+    """`ssvp train` and a notebook's `study.train` resolve the same configuration in the same workspace: the second
+    trains nothing, and says so."""
+    from ssvp_core.cli import main
+
+    assert main(["train", "--method", "aprilgan", "--profile", "smoke", "--quiet", "--set", "train.epochs=1"]) == 0
+    checkpoint = Path(capsys.readouterr().out.strip())
+    assert checkpoint.is_relative_to(workspace / "runs" / "smoke" / "aprilgan")
+    study = Study("smoke", overrides=["train.epochs=1"])
+    model = Model("aprilgan", "synth-b")
+    assert study.run_dir(model) == checkpoint.parent and study.is_trained(model)
+    done = study.train([EvalJob(model), EvalJob(model, bootstrap=True)])  # one model behind two jobs
+    assert done[["method", "status", "trained_on", "epochs"]].to_dict("records") == [
+        {"method": "aprilgan", "status": "reused", "trained_on": "synth-a", "epochs": 1}]
+    assert study.protocol_table([model])["checkpoint"].tolist() == ["in the workspace"]
+
+
+def test_a_table_reads_only_the_evaluations_its_jobs_list(workspace, monkeypatch):
+    """The notebook evaluates the page's jobs in one step; assembling the table afterwards computes nothing."""
+    from ssvp_core.engine import infer
+
+    study = Study("smoke", overrides=["eval.bootstrap=20"])
+    jobs = tables.table2_jobs(study, methods=["reference", "winclip"])
+    assert jobs == [EvalJob(Model("reference", "synth-b"), bootstrap=True), EvalJob(Model("winclip", "synth-b"), bootstrap=True)]
+    study.prepare_data(jobs)
+    first = study.evaluate(jobs)
+    assert first.status.tolist() == ["computed", "computed"]
+    monkeypatch.setattr(infer, "evaluate", lambda *a, **k: pytest.fail("the table computed an evaluation"))
+    frame = tables.table2(study, jobs)
+    assert set(frame.method) == {"reference", "winclip"} and frame.ci_low.notna().all()
+    again = study.evaluate(jobs)
+    assert again.status.tolist() == ["read from cache"] * 2
+    assert again.image_auroc.tolist() == first.image_auroc.tolist()  # the same stored numbers, read back
+
+
 @pytest.fixture(scope="module")
-def reproduce_run(workdir):
-    """`ssvp reproduce` of the t-SNE page (a figure) with one-epoch training, as a user runs it, from the work
-    directory; returns the finished process (its terminal output is checked)."""
-    return subprocess.run([sys.executable, "-m", "ssvp_core.cli", "reproduce", "--profile", "smoke", "--only", "tsne",
-                           "--set", "train.epochs=1"], cwd=workdir, capture_output=True, text=True, timeout=900)
+def reproduce_run(workdir, tmp_path_factory):
+    """`ssvp --workspace W reproduce` of the t-SNE page (a figure) with one-epoch training, as a user runs it from
+    another folder; returns the finished process (its terminal output is checked)."""
+    elsewhere = tmp_path_factory.mktemp("typed-here")
+    run = subprocess.run([sys.executable, "-m", "ssvp_core.cli", "--workspace", str(workdir), "reproduce", "--profile",
+                          "smoke", "--only", "tsne", "--set", "train.epochs=1"], cwd=elsewhere, capture_output=True,
+                         text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert _listing(elsewhere) == []
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -143,27 +235,24 @@ def test_reproduce_writes_notebook_html_figures_and_index(report):
     folder = report.parent / "tsne"
     assert (folder / "tsne.ipynb").is_file() and (folder / "tsne.html").is_file() and (folder / "figure6.png").is_file()
     status = json.loads((report.parent / "status.json").read_text())
-    assert status["tsne"]["status"] == "ok"
+    assert status["tsne"]["status"] == "ok" and status["tsne"]["run_by"] == "ssvp reproduce"
     page = report.read_text()
     assert "SMOKE PROFILE" in page and "tsne/figure6.png" in page and "not run" in page  # other notebooks listed as not run
     html = (folder / "tsne.html").read_text()
-    assert "SMOKE PROFILE" in html and "data:image/png;base64" in html
+    assert "SMOKE PROFILE" in html and "data:image/png;base64" in html and "What differs from the paper" in html
+    executed = nbformat.read(folder / "tsne.ipynb", as_version=4)
+    assert executed.metadata.papermill.parameters["workspace"] == str(report.parents[2])
 
 
 def test_reproduce_skips_unchanged_and_keeps_good_outputs_when_a_notebook_fails(report, workdir, tmp_path):
     # A private copy: the failed run below rewrites status.json, which the other tests of the module read.
     workdir = Path(shutil.copytree(workdir, tmp_path / "work"))
     report = workdir / report.relative_to(report.parents[2])
-    cwd = os.getcwd()
-    os.chdir(workdir)
     messages = []
-    try:
-        reproduce("smoke", only=["tsne"], overrides=["train.epochs=1"], log=messages.append)
-        assert messages == ["tsne: unchanged since its last successful run, skipped"]
-        before = (report.parent / "tsne" / "figure6.png").read_bytes()
-        reproduce("smoke", only=["tsne"], overrides=["train.epoch=1"], log=messages.append)  # a typo: the notebook fails
-    finally:
-        os.chdir(cwd)
+    reproduce("smoke", only=["tsne"], overrides=["train.epochs=1"], log=messages.append, workspace=workdir)
+    assert messages == ["tsne: unchanged since its last successful run, skipped"]
+    before = (report.parent / "tsne" / "figure6.png").read_bytes()
+    reproduce("smoke", only=["tsne"], overrides=["train.epoch=1"], log=messages.append, workspace=workdir)  # a typo
     status = json.loads((report.parent / "status.json").read_text())
     assert status["tsne"]["status"] == "failed" and "ConfigError" in status["tsne"]["error"] and "epoch" in status["tsne"]["error"]
     assert (report.parent / "tsne" / "figure6.png").read_bytes() == before
@@ -238,14 +327,9 @@ def _assert_renders(result: dict, min_images: int = 1) -> None:
 
 @pytest.fixture(scope="module")
 def full_report(report, table1_run):
-    """The t-SNE report plus the Table 1 page of the papermill run, indexed together."""
-    from ssvp_core.reports.site import build_index
-
-    out, _ = table1_run
-    shutil.copytree(out, report.parent / "table1", dirs_exist_ok=True)
-    status = json.loads((report.parent / "status.json").read_text())
-    status["table1"] = {"status": "ok", "seconds": 1.0, "finished": "now", "error": ""}
-    return build_index(report.parent, "smoke", status)
+    """The t-SNE report (ssvp reproduce) and the Table 1 page (papermill) were published into the same workspace."""
+    assert (report.parent / "table1" / "summary.html").is_file()
+    return report
 
 
 def test_index_summary_lists_reproduced_against_paper(full_report):
@@ -282,73 +366,55 @@ def test_reproduce_keeps_kernel_noise_out_of_the_terminal(reproduce_run, report)
     assert (report.parent / "tsne" / "kernel.log").is_file()  # what the kernel printed went here
 
 
-def test_vip2clip_page_leaves_out_medical_sets_not_on_disk(tmp_path, monkeypatch):
+def test_vip2clip_page_leaves_out_medical_sets_not_on_disk(tmp_path):
     """The paper preset lists ViP2-CLIP's eight medical sets; a user who has only some of them still gets Table 1
     and a Table 2 of those present, with the missing ones (and where they were looked for) named on the page."""
-    from ssvp_core.reports import experiments, pages, tables
+    from ssvp_core.reports.catalog import PAGES
 
-    (tmp_path / "headct").mkdir()
-    roots = {"headct": str(tmp_path / "headct"), "kvasir": str(tmp_path / "kvasir")}
-    asked = []
-
-    def fake_table(profile, datasets, methods=None, overrides=(), table="Table 1"):
-        asked.append((table, list(datasets)))
-        return pd.DataFrame([{"dataset": ds, "method": "vip2clip", "metric": m, "reproduced": 50.0, "paper": 60.0, "delta": -10.0}
-                             for ds in datasets for m in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc",
-                                                         "pixel_aupro_legacy", "pixel_f1_max")])
-
-    monkeypatch.setattr(tables, "vip2clip_table", fake_table)
-    monkeypatch.setattr(experiments, "dataset_root", lambda profile, name: roots.get(name, f"data/{name}"))
-    real_section = experiments.section
-    fake = {"vip2clip_medical": ["headct", "kvasir"], "synthetic": None}  # no synthetic data needed here
-    monkeypatch.setattr(experiments, "section", lambda profile, key, default=None:
-                        fake[key] if key in fake else real_section(profile, key, default))
-    pages.vip2clip("smoke", out_dir=str(tmp_path / "out"), datasets=["synth-b"])
-    assert asked == [("Table 1", ["synth-b"]), ("Table 2", ["headct"])]
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert [t["name"] for t in manifest["tables"]] == ["vip2clip_image", "vip2clip_pixel", "vip2clip_medical"]
-    assert any("kvasir" in note and roots["kvasir"] in note and "headct" not in note for note in manifest["notes"])
+    (tmp_path / "data" / "headct").mkdir(parents=True)
+    study = Study("paper", workspace=tmp_path)
+    present, missing = tables.medical_datasets(study)
+    assert present == ["headct"] and len(missing) == 7
+    assert f"kvasir ({tmp_path / 'data' / 'kvasir'})" in missing
+    planned = {(job.target, job.method) for job in PAGES["vip2clip"].jobs(study)}
+    assert ("headct", "vip2clip") in planned and not any(t == "kvasir" for t, _ in planned)
 
 
-def test_efficiency_page_shows_the_gpu_table_bench_gpu_wrote(tmp_path, monkeypatch):
+def test_efficiency_page_shows_the_gpu_table_bench_gpu_wrote(workspace):
     """bench/gpu.py --out writes a Markdown table; the efficiency page shows it as a table with its device, or says
     how to make it."""
-    from ssvp_core.reports import efficiency, experiments, pages
+    from ssvp_core.reports import efficiency, pages
 
-    measured = pd.DataFrame([{"method": "ssvp", "total_params_M": 1.0, "ms_per_image": 2.0}])
-    monkeypatch.setattr(efficiency, "measure", lambda *args, **kwargs: measured)
-    real_section = experiments.section
-    monkeypatch.setattr(experiments, "section", lambda profile, key, default=None:
-                        None if key == "synthetic" else real_section(profile, key, default))
-    table = tmp_path / "gpu.md"
+    table = workspace / "gpu.md"
     table.write_text("Device: NVIDIA H100 80GB HBM3 (cuda)\n\n| method | ms/img | precision |\n|:--|--:|:--|\n"
                      "| ssvp | 41.27 | bf16 |\n| winclip | 3.50 | fp32 |\n")
-    pages.efficiency("smoke", out_dir=str(tmp_path / "with"), gpu_table=str(table))
-    pages.efficiency("smoke", out_dir=str(tmp_path / "without"), gpu_table=str(tmp_path / "absent.md"))
-    manifest = json.loads((tmp_path / "with" / "manifest.json").read_text())
-    gpu, = [t for t in manifest["tables"] if t["name"] == "gpu"]
+    study = Study("smoke")
+    with_table = study.page("efficiency", workspace / "with")
+    pages.gpu_table(with_table, table)
+    without = study.page("efficiency", workspace / "without")
+    pages.gpu_table(without, workspace / "absent.md")
+    gpu, = [t for t in with_table.manifest["tables"] if t["name"] == "gpu"]
     assert "NVIDIA H100 80GB HBM3 (cuda)" in gpu["title"]
-    shown = pd.read_csv(tmp_path / "with" / gpu["csv"])
+    shown = pd.read_csv(workspace / "with" / gpu["csv"])
     assert shown.to_dict("list") == {"method": ["ssvp", "winclip"], "ms/img": [41.27, 3.5], "precision": ["bf16", "fp32"]}
-    without = json.loads((tmp_path / "without" / "manifest.json").read_text())
-    assert [t["name"] for t in without["tables"]] == ["efficiency"]
-    assert "No GPU measurement" in without["notes"][-1]
-    assert f"bench/gpu.py --out {tmp_path / 'absent.md'}" in without["notes"][-1]
+    assert without.manifest["tables"] == [] and "No GPU measurement" in without.manifest["notes"][-1]
+    assert f"bench/gpu.py --out {workspace / 'absent.md'}" in without.manifest["notes"][-1]
     table.write_text("Device: x\n\nnot a table\n")
     with pytest.raises(ValueError, match="bench/gpu.py --out"):
         efficiency.read_gpu_table(table)
 
 
-def test_a_new_gpu_table_reruns_the_efficiency_notebook_only(tmp_path, monkeypatch):
+def test_a_new_gpu_table_reruns_the_efficiency_notebook_only(tmp_path):
     """`ssvp reproduce` skips unchanged notebooks; the GPU table is an input of the efficiency page, so writing one
-    (bench/gpu.py --out, relative to where reproduce runs) must re-run that page and no other."""
+    (bench/gpu.py --out, in the workspace) must re-run that page and no other."""
     from ssvp_core.reports.efficiency import GPU_TABLE
-    from ssvp_core.reports.runner import DEFAULT_NOTEBOOKS, notebook_key
+    from ssvp_core.reports.runner import notebook_key
+    from ssvp_core.workspace import find
 
-    monkeypatch.chdir(tmp_path)
+    ws = find(tmp_path)
 
     def keys():
-        return {n: notebook_key(n, DEFAULT_NOTEBOOKS, "smoke", [], "digest") for n in ("efficiency", "table1")}
+        return {n: notebook_key(n, NOTEBOOKS, "smoke", [], "digest", ws) for n in ("efficiency", "table1")}
 
     before = keys()
     (tmp_path / GPU_TABLE).parent.mkdir(parents=True)

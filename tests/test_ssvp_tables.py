@@ -7,13 +7,14 @@ import torch
 
 from ssvp_core.config import load_config
 from ssvp_core.errors import ConfigError
-from ssvp_core.reports import analysis, experiments, tables
+from ssvp_core.reports import Model, Study, analysis, tables
 
 
 # ---- Table 3: row A ----------------------------------------------------------------------------------------------
 def _row_a_config(baseline, overrides=()):
-    shared = tables.baseline_overrides("paper", "mvtec", baseline, overrides)
-    return experiments.run_config("paper", "bayes_pfl", "mvtec", shared + tuple(overrides)), shared
+    study = Study("paper", overrides=overrides)
+    shared = tables.baseline_overrides(study, "mvtec", baseline)
+    return study.config(Model("bayes_pfl", "mvtec", shared)), shared
 
 
 def test_row_a_shares_the_schedule_and_sigma_of_rows_b_to_e():
@@ -21,7 +22,7 @@ def test_row_a_shares_the_schedule_and_sigma_of_rows_b_to_e():
     batch size set to 8"; the test-time smoothing is the same for every row as well."""
     cfg, shared = _row_a_config("shared_schedule")
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.eval.sigma) == (15, 8, 4.0)
-    ssvp = experiments.run_config("paper", "ssvp", "mvtec")
+    ssvp = Study("paper").config(Model("ssvp", "mvtec"))
     for key in ("optimizer", "betas", "weight_decay", "schedule", "warmup_frac"):
         assert getattr(cfg.train, key) == getattr(ssvp.train, key), key
     released = load_config("paper", "bayes_pfl")
@@ -33,7 +34,7 @@ def test_row_a_shares_the_schedule_and_sigma_of_rows_b_to_e():
 
 def test_row_a_backbone_and_released_switches():
     cfg, _ = _row_a_config("shared_schedule_and_backbone")
-    ssvp = experiments.run_config("paper", "ssvp", "mvtec")
+    ssvp = Study("paper").config(Model("ssvp", "mvtec"))
     assert cfg.backbone.clip.activation == ssvp.backbone.clip.activation
     assert cfg.backbone.precision == ssvp.backbone.precision and cfg.train.epochs == 15
     cfg, shared = _row_a_config("released")
@@ -41,7 +42,7 @@ def test_row_a_backbone_and_released_switches():
     assert shared == () and (cfg.train.epochs, cfg.train.batch_size, cfg.eval.sigma) == (
         released.train.epochs, released.train.batch_size, released.eval.sigma)
     with pytest.raises(ConfigError, match="baseline"):
-        tables.baseline_overrides("paper", "mvtec", "same")
+        tables.baseline_overrides(Study("paper"), "mvtec", "same")
 
 
 def test_caller_overrides_still_win_for_row_a():
@@ -50,11 +51,11 @@ def test_caller_overrides_still_win_for_row_a():
 
 
 def test_table3_trains_row_a_with_the_shared_settings(monkeypatch):
+    study = Study("paper")
     seen = {}
 
-    def fake_evaluation(profile, method, target, overrides=(), seed=None):
-        cfg = experiments.run_config(profile, method, target, overrides, seed)
-        seen.setdefault(method if method == "bayes_pfl" else str(overrides), cfg)
+    def fake_evaluation(job, progress=False, recompute=False):
+        seen.setdefault(job.model.label, study.config(job.model))
 
         class Result:
             @staticmethod
@@ -63,9 +64,12 @@ def test_table3_trains_row_a_with_the_shared_settings(monkeypatch):
 
         return Result()
 
-    monkeypatch.setattr(experiments, "evaluation", fake_evaluation)
-    frame = tables.table3("paper", "mvtec", [111], ())
-    row_a = seen["bayes_pfl"]
+    monkeypatch.setattr(study, "evaluation", fake_evaluation)
+    jobs = tables.table3_jobs(study, "mvtec", [111])
+    assert [(j.model.label, j.method) for j in jobs] == [("A", "bayes_pfl"), ("B", "ssvp"), ("C", "ssvp"), ("D", "ssvp"),
+                                                        ("E", "ssvp")]
+    frame = tables.table3(study, jobs)
+    row_a = seen["A"]
     assert (row_a.train.epochs, row_a.train.batch_size, row_a.eval.sigma) == (15, 8, 4.0)
     assert "train.epochs=15" in frame[frame.model == "A"].switches.iloc[0]
 
@@ -102,17 +106,17 @@ def test_scd_is_the_distance_between_normalised_state_means():
 def test_alignment_switches_on_an_untrained_model(synth_root, monkeypatch):
     """t_static = t_init gives SCD = 0 for the identity baseline (its T_final is T_init); the handcrafted prompt
     does not; the layer choice moves TIR-FG."""
+    from ssvp_core.data import read_dataset
     from ssvp_core.methods import build_detector
 
-    monkeypatch.setattr(experiments, "detector", lambda cfg, progress=False: build_detector(cfg).eval())
-    monkeypatch.setattr(experiments, "dataset_root", lambda profile, name: str(synth_root / name))
-    read = analysis.read_dataset
-    monkeypatch.setattr(analysis, "read_dataset", lambda *args, **kwargs: read(*args, **kwargs)[::4])  # a quarter: speed
-    identity = tables.IDENTITY_BASELINE
-    static_init = analysis.alignment("smoke", "synth-b", identity, t_static="t_init")
+    study = Study("smoke")
+    monkeypatch.setattr(study, "detector", lambda model, progress=False: build_detector(study.config(model)).eval())
+    monkeypatch.setattr(study, "samples", lambda name: read_dataset(name, synth_root / name)[::4])  # a quarter: speed
+    identity = Model("ssvp", "synth-b", tables.IDENTITY_BASELINE)
+    static_init = analysis.alignment(study, identity, t_static="t_init")
     assert static_init["scd_normal"] < 1e-5 and static_init["scd_abnormal"] < 1e-5
-    handcrafted = analysis.alignment("smoke", "synth-b", identity)
+    handcrafted = analysis.alignment(study, identity)
     assert handcrafted["scd_normal"] > 1e-2 and handcrafted["tir_fg"] == static_init["tir_fg"]
-    assert analysis.alignment("smoke", "synth-b", identity, tir_layers="last")["tir_fg"] != handcrafted["tir_fg"]
+    assert analysis.alignment(study, identity, tir_layers="last")["tir_fg"] != handcrafted["tir_fg"]
     with pytest.raises(ConfigError, match="t_static"):
-        analysis.alignment("smoke", "synth-b", identity, t_static="prompt")
+        analysis.alignment(study, identity, t_static="prompt")

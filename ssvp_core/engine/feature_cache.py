@@ -36,9 +36,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .. import io
+from .. import progress as progress_bars
 from ..data.loader import AnomalyDataset
 from ..data.records import Sample
 from .batches import collate, to_device
@@ -120,7 +120,7 @@ def build_or_open(detector, samples: Sequence[Sample], cfg, device: torch.device
     t = cfg.train
     if not t.feature_cache or not detector.cacheable:
         return None
-    root = Path(t.feature_cache_dir or Path(cfg.out_dir) / "features")
+    root = cfg.path(t.feature_cache_dir or Path(cfg.out_dir) / "features")
     folder = root / cache_key(detector, samples, t.feature_cache_dtype)
     ram = t.feature_cache_ram_gb * (1 << 30)
     if (folder / "meta.json").is_file():
@@ -153,7 +153,7 @@ def build_or_open(detector, samples: Sequence[Sample], cfg, device: torch.device
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                              collate_fn=collate)
         pos = 0
-        for batch in tqdm(loader, desc=f"caching {detector.name} features", disable=not progress, leave=False):
+        for batch in progress_bars.iterate(loader, desc=f"caching {detector.name} features", disable=not progress):
             with torch.inference_mode():
                 feats = detector.frozen_features(to_device(batch, device))
             n = len(batch["index"])

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import ndimage
-from tqdm import tqdm
 
+from .. import progress as progress_bars
 from ..config import DatasetRef, RunConfig
 from ..data.loader import AnomalyDataset
 from ..data.records import Sample
@@ -67,7 +67,7 @@ def _batches(detector, samples: list[Sample], cfg: RunConfig, device: torch.devi
                              skip_unreadable=skip_unreadable)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
                                          num_workers=cfg.eval.num_workers, collate_fn=collate)
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for batch in progress_bars.iterate(loader, desc=desc, disable=not progress):
         if "index" not in batch:
             yield batch, None
             continue
@@ -109,7 +109,7 @@ def evaluate(detector, dataset: DatasetRef, cfg: RunConfig, keep_maps: int = 0, 
     init_distributed(info, device)
     detector = detector.to(device).eval()
     seed_everything(cfg.eval.seed)
-    samples = read_dataset(dataset.name, dataset.root, "test", dataset.classes or None)
+    samples = read_dataset(dataset.name, cfg.path(dataset.root), "test", dataset.classes or None)
     shard = [i for i in range(len(samples)) if i % info.world == info.rank]
     cache = None
     if cfg.eval.feature_cache and skip_unreadable:

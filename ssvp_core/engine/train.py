@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from .. import progress as progress_bars
 from ..config import RunConfig
 from ..data.loader import AnomalyDataset
 from ..data.mosaic import MosaicDataset
@@ -45,7 +45,7 @@ class TrainResult:
 
 
 def run_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.out_dir) / cfg.profile / cfg.method / cfg.fingerprint()
+    return cfg.path(cfg.out_dir) / cfg.profile / cfg.method / cfg.fingerprint()
 
 
 def make_optimizer(detector, cfg: RunConfig):
@@ -120,9 +120,9 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
     if not detector.trainable:
         raise ConfigError(f"method {cfg.method!r} is training-free; evaluate it directly (ssvp eval)")
     detector.to(device)
-    samples = read_dataset(cfg.train.dataset, cfg.train.root, "test", cfg.train.classes or None)
+    samples = read_dataset(cfg.train.dataset, cfg.path(cfg.train.root), "test", cfg.train.classes or None)
     for ref in cfg.train.extra:
-        samples += read_dataset(ref.name, ref.root, "test", ref.classes or None)
+        samples += read_dataset(ref.name, cfg.path(ref.root), "test", ref.classes or None)
     unmasked = [s for s in samples if s.label == 1 and s.mask is None]
     if unmasked:
         raise DataError(f"training needs a mask for every anomalous image: {len(unmasked)} training images have none "
@@ -161,7 +161,8 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
         model = torch.nn.parallel.DistributedDataParallel(detector, device_ids=[device.index] if device.type == "cuda" else None,
                                                           find_unused_parameters=True, broadcast_buffers=False)
     detector.train()
-    bar = tqdm(total=total_steps, initial=state.global_step, desc=f"train {cfg.method}", disable=not (progress and info.main))
+    bar = progress_bars.bar(total=total_steps, initial=state.global_step, desc=f"train {cfg.method}", unit="step",
+                            disable=not (progress and info.main))
     while not state.complete and state.epoch < cfg.train.epochs:
         detector.start_epoch(state.epoch, cfg.train.epochs)
         order = epoch_order(len(samples), cfg.train.seed, state.epoch)
@@ -232,6 +233,8 @@ def load_trained(path: str | Path, device: str = "auto", overrides: RunConfig | 
     """Rebuild a detector from a checkpoint (its stored config decides the architecture)."""
     payload = ckpt.load(path)
     cfg = ckpt.config_of(payload)
+    # the stored workspace may be another machine's: paths resolve in the caller's workspace
+    cfg.workspace = overrides.workspace if overrides is not None else ""
     if overrides is not None:
         cfg.eval, cfg.device = overrides.eval, overrides.device
     detector = build_detector(cfg)

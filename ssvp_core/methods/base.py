@@ -39,6 +39,8 @@ class Detector(nn.Module):
 
     name: ClassVar[str] = "detector"
     trainable: ClassVar[bool] = True
+    # which frozen backbones of `BackboneConfig` the method builds ("clip", "dino"), for the reports' protocol tables
+    uses_backbones: ClassVar[tuple[str, ...]] = ()
     prompt_class_name: str = ""  # RunConfig.prompt_class_name: one name for every class ("" = the dataset's names)
 
     def __init__(self, options: Any, backbone: BackboneConfig, image_size: int):
@@ -161,6 +163,8 @@ def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 class ClipDetector(Detector):
     """A detector on the frozen CLIP alone: ViP2-CLIP, DAPO and the Table-1 peers (SSVP adds the auxiliary backbone)."""
+
+    uses_backbones: ClassVar[tuple[str, ...]] = ("clip",)
 
     def __init__(self, options: Any, backbone: BackboneConfig, image_size: int):
         super().__init__(options, backbone, image_size)

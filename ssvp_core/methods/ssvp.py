@@ -169,6 +169,7 @@ class VCPG(nn.Module):
 
 class SSVP(Detector):
     name = "ssvp"
+    uses_backbones = ("clip", "dino")
     eval_aux_keys = ("abn_cos_maps", "t_init", "t_final")
 
     def __init__(self, options: SSVPOptions, backbone, image_size: int):

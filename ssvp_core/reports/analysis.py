@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data.loader import AnomalyDataset
-from ..data.registry import read_dataset
 from ..engine.infer import collate, to_device
 from ..errors import ConfigError
-from . import experiments
+from .experiments import Model, Study
 
 
 def _batches(det, cfg, samples, batch_size: int = 8):
@@ -64,13 +63,14 @@ def scd(t_final: torch.Tensor, t_static: torch.Tensor) -> torch.Tensor:
     return (t_final - t_static).norm(dim=-1)
 
 
-def alignment(profile: str, target: str, overrides: tuple[str, ...] = (), seed: int | None = None,
-              tir_layers: str | int = "mean", t_static: str = "handcrafted") -> dict[str, float]:
+def alignment(study: Study, model: Model, tir_layers: str | int = "mean",
+              t_static: str = "handcrafted") -> dict[str, float]:
+    """TIR-FG and SCD (normal, abnormal) of an SSVP model over its target's test images."""
     if t_static not in T_STATIC:
         raise ConfigError(f"t_static={t_static!r}: choose {' or '.join(T_STATIC)}")
-    cfg = experiments.run_config(profile, "ssvp", target, tuple(overrides), seed)
-    det = experiments.detector(cfg)
-    samples = read_dataset(target, experiments.dataset_root(profile, target))
+    cfg = study.config(model)
+    det = study.detector(model)
+    samples = study.samples(model.target)
     n = det.options.n_prompts
     fg_sum, fg_count, scd_n, scd_a = 0.0, 0, [], []
     static_cache: dict[str, torch.Tensor] = {}
@@ -93,13 +93,12 @@ def alignment(profile: str, target: str, overrides: tuple[str, ...] = (), seed: 
     return {"tir_fg": fg_sum / max(fg_count, 1), "scd_normal": float(np.mean(scd_n)), "scd_abnormal": float(np.mean(scd_a))}
 
 
-def prompt_embeddings(profile: str, target: str, overrides: tuple[str, ...] = (), seed: int | None = None,
-                      max_images: int = 200) -> tuple[np.ndarray, list[str]]:
-    """Per test image, the normal and the abnormal prompt embedding (mean of T_final per state) with labels such as
-    "[Normal capsule]" / "[Anomaly capsule]" (Figure 6)."""
-    cfg = experiments.run_config(profile, "ssvp", target, tuple(overrides), seed)
-    det = experiments.detector(cfg)
-    samples = read_dataset(target, experiments.dataset_root(profile, target))
+def prompt_embeddings(study: Study, model: Model, max_images: int = 200) -> tuple[np.ndarray, list[str]]:
+    """Per test image of the model's target, the normal and the abnormal prompt embedding (mean of T_final per
+    state) with labels such as "[Normal capsule]" / "[Anomaly capsule]" (Figure 6)."""
+    cfg = study.config(model)
+    det = study.detector(model)
+    samples = study.samples(model.target)
     rng = np.random.default_rng(0)
     if len(samples) > max_images:
         samples = [samples[i] for i in sorted(rng.choice(len(samples), max_images, replace=False))]
@@ -119,3 +118,9 @@ def tsne(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
     perplexity = float(min(30, max(2, len(vectors) // 4)))
     jitter = np.random.default_rng(seed).normal(0, 1e-6, vectors.shape)  # identical prompts (no VCPG) still embed
     return TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(vectors + jitter)
+
+
+def tsne_panel(study: Study, model: Model, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Figure 6's panel of one model: the t-SNE coordinates of its prompt embeddings and their labels."""
+    vectors, labels = prompt_embeddings(study, model)
+    return tsne(vectors, seed), labels

@@ -59,10 +59,11 @@ print(json.dumps({"method": method, "total_params_M": counts["total"] / 1e6, "tr
 
 def measure(profile: str, methods: list[str], device: str = "cpu", repeats: int = 3, overrides: list[str] | None = None,
             batch: int = 1) -> pd.DataFrame:
-    from .experiments import section
+    """One row per method: parameters, GFLOPs, latency, throughput and peak memory (see the module docstring)."""
+    from ..config import load_preset
 
     rows = []
-    dataset = section(profile, "main_target", "mvtec")  # names the defect vocabulary DAPO's prompts are built for
+    dataset = load_preset(profile).get("main_target", "mvtec")  # names the defect vocabulary DAPO's prompts are built for
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     for method in methods:
         proc = subprocess.run([sys.executable, "-c", _CHILD, profile, method, device, str(repeats), json.dumps(overrides or []),
@@ -71,6 +72,20 @@ def measure(profile: str, methods: list[str], device: str = "cpu", repeats: int 
             raise RuntimeError(f"measuring {method} failed:\n{proc.stderr[-2000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return pd.DataFrame(rows)
+
+
+DEFAULT_METHODS = ["winclip", "aprilgan", "anomalyclip", "adaclip", "bayes_pfl", "vip2clip", "dapo", "ssvp"]
+
+
+def measure_study(study, methods: list[str] | None = None, device: str = "auto") -> pd.DataFrame:
+    """`measure` every method (default: all compared ones) with the study's profile and overrides, on the GPU when
+    `device` is auto and one is present, with the preset's `efficiency_repeats` timed passes."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return measure(study.profile, list(methods or DEFAULT_METHODS), device,
+                   repeats=study.section("efficiency_repeats", 3), overrides=list(study.overrides))
 
 
 def read_gpu_table(path: str | os.PathLike = GPU_TABLE) -> tuple[str, pd.DataFrame] | None:

@@ -1,4 +1,4 @@
-"""Figures of the paper (matplotlib / seaborn), drawn from `experiments.sample_outputs` and the table builders."""
+"""Figures of the paper (matplotlib / seaborn), drawn from `Study.sample_outputs` and the table builders."""
 from __future__ import annotations
 
 import matplotlib
@@ -118,12 +118,28 @@ def sensitivity_plot(frame: pd.DataFrame, parameter: str, label: str, peak: floa
     return fig
 
 
+METHOD_NAMES = {"adaclip": "AdaCLIP", "bayes_pfl": "Bayes-PFL", "ssvp": "SSVP", "anomalyclip": "AnomalyCLIP",
+                "aprilgan": "APRIL-GAN", "winclip": "WinCLIP", "vip2clip": "ViP2-CLIP", "dapo": "DAPO"}
+
+
+def figure3(outputs: dict[str, list[dict]]) -> plt.Figure:
+    """Figure 3 from `Study.sample_outputs` per method (the same samples for each): input, GT, one row per method."""
+    first = next(iter(outputs.values()))
+    return qualitative_grid([o["sample"].cls for o in first], [o["image"] for o in first], [o["mask"] for o in first],
+                            {METHOD_NAMES.get(m, m): [o["map"] for o in outs] for m, outs in outputs.items()})
+
+
+def figure4(baseline: list[dict], ssvp: list[dict], samples: int = 4) -> plt.Figure:
+    """Figures 4-5: the first `samples` outputs of the baseline (Bayes-PFL) beside SSVP's, four panels each."""
+    return baseline_vs_ssvp({"Baseline": baseline[:samples], "SSVP": ssvp[:samples]})
+
+
 def close(fig: plt.Figure) -> None:
     plt.close(fig)
 
 
 __all__ = ["qualitative_grid", "baseline_vs_ssvp", "tsne_panels", "sensitivity_plot", "heat_overlay", "comparison_bars",
-           "per_class_bars", "matplotlib"]
+           "per_class_bars", "figure3", "figure4", "matplotlib"]
 
 
 METRIC_LABELS = {"image_auroc": "I-AUROC", "image_f1_max": "I-F1max", "image_ap": "I-AP", "pixel_auroc": "P-AUROC",

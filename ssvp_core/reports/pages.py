@@ -1,148 +1,107 @@
-"""One function per notebook: each computes its tables / figures through `experiments`, `tables`, `figures`,
-saves them under `out_dir` (CSV + Markdown + HTML fragment per table, PNG per figure, and a manifest.json the
-report site reads) and displays them. The notebooks only call these, with their papermill parameters.
+"""A page of the report: what one notebook writes (tables as CSV + Markdown + HTML fragment, figures as PNG,
+notes, and a manifest.json the report site reads), shown in the notebook as it is written, then published.
 
-What a reader sees is kept clean: every number is shown with 2 decimals (NaN as "—"; the CSVs keep full
-precision), warnings and log records raised while a page is computed go to `<out_dir>/warnings.log` (the page
-says how many) instead of red boxes in the notebook, and where the paper's numbers belong to another dataset
-(smoke) they are a labelled reference column without a delta.
+The notebooks call the steps (Study.train, Study.evaluate, the table builders, the figures) one per cell and hand
+their results to the Page, which keeps what a reader sees clean: every number is shown with 2 decimals (NaN as "—";
+the CSVs keep full precision), warnings and log records raised while a page is computed go to
+`<out_dir>/warnings.log` (the index says how many) instead of red boxes in the notebook, and where the paper's
+numbers belong to another dataset (smoke) they are a labelled reference column without a delta.
 """
 from __future__ import annotations
 
 import html as _html
-import json
-import logging
 import math
 import os
-import warnings
+import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
+from IPython.display import HTML
 
 from .. import io
-from . import SMOKE_BANNER
-from . import experiments, figures, tables
-from .efficiency import GPU_TABLE
-
-STYLE = "border-collapse:collapse;font-size:12px"
-MISSING = "—"
-
-
-def format_number(value) -> str:
-    """2 decimals; NaN/None as an em dash; integers and text unchanged."""
-    if value is None:
-        return MISSING
-    if isinstance(value, float):
-        return MISSING if math.isnan(value) else f"{value:.2f}"
-    return str(value)
-
-
-def format_p(p: float) -> str:
-    """A p-value with 2 decimals, and "< 0.01" below that (the smallest a bootstrap of B resamples gives is 2/(B+1))."""
-    if p is None or math.isnan(p):
-        return MISSING
-    return "< 0.01" if p < 0.01 else f"{p:.2f}"
-
-
-def table_html(frame: pd.DataFrame) -> str:
-    """The HTML table of a page: 2-decimal numbers, em dash for missing values."""
-    shown = frame.copy()
-    for col in shown.columns:
-        if pd.api.types.is_float_dtype(shown[col]):
-            shown[col] = shown[col].map(format_number)
-        elif shown[col].dtype == object:
-            shown[col] = shown[col].map(lambda v: format_number(v) if isinstance(v, float) or v is None else v)
-    html = shown.to_html(border=1, na_rep=MISSING, escape=True)
-    return html.replace('<table border="1"', f'<table border="1" style="{STYLE}"')
-
-
-def _display(obj) -> None:
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-
-        if get_ipython() is not None:
-            display(obj)
-    except ImportError:  # pragma: no cover - IPython comes with the notebook stack
-        pass
-
+from ..errors import ConfigError
+from . import figures, tables
+from .experiments import Study
+from .formatting import MISSING, STYLE, format_number, format_p, table_html  # noqa: F401 (format_p: re-exported)
+from .notebook import capture_warnings, in_kernel, show, show_markdown
+from .reported import reported
 
 class Page:
-    """The output folder of one notebook and what it has written so far."""
+    """The output folder of one notebook: what it has written so far (tables as CSV + Markdown + HTML fragment,
+    figures as PNG, notes, all listed in manifest.json), and how it reaches the report site.
 
-    def __init__(self, name: str, profile: str, out_dir: str, overrides=(), device: str = "auto"):
-        from IPython.display import Markdown
+    `out_dir=None` (a notebook opened in JupyterLab, or papermill without parameters): the page is written into a
+    work folder, `reports/<profile>/.work/<name>.notebook/`, and `publish()` (the notebook's last step) moves it to
+    `reports/<profile>/<name>/`, records the run in `status.json` and rebuilds the index, as `ssvp reproduce` does
+    after a successful notebook. With an `out_dir` (what `ssvp reproduce` passes) the page is written there and the
+    runner moves it into place.
+    """
 
-        self.name, self.profile = name, profile
-        self.out = Path(out_dir)
+    def __init__(self, study: Study, name: str, out_dir: str | os.PathLike | None = None):
+        from .catalog import PAGES
+
+        if name not in PAGES:
+            raise ConfigError(f"unknown page {name!r}; pages: {', '.join(PAGES)}")
+        self.study, self.name = study, name
+        self.final = study.reports / name
+        self.publishes = out_dir is None
+        self.out = Path(out_dir) if out_dir else study.reports / ".work" / f"{name}.notebook"
+        if self.publishes:
+            shutil.rmtree(self.out, ignore_errors=True)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.overrides = tuple(overrides or ()) + ((f"device={device}",) if device and device != "auto" else ())
-        self.manifest = {"name": name, "profile": profile, "tables": [], "figures": [], "notes": []}
-        self._capture_warnings()
-        threads = os.environ.get("SSVP_THREADS")
-        if threads:
-            import torch
-
-            torch.set_num_threads(int(threads))
-        experiments.ensure_profile_data(profile)
-        banner = SMOKE_BANNER if profile == "smoke" else experiments.section(profile, "banner")
-        if banner:
-            self.manifest["notes"].append(banner)
-            self.manifest["banner"] = banner
-            _display(Markdown(f"**{banner}**"))
+        self.started = time.time()
+        self.manifest = {"name": name, "profile": study.name, "workspace": str(study.workspace.root), "tables": [],
+                         "figures": [], "notes": [], "warnings": 0}
+        self.warnings_log = self.out / "warnings.log"
+        if in_kernel():
+            capture_warnings(self.warnings_log, self._count_warning)
+        else:
+            self.warnings_log.write_text("")
+        if study.banner:
+            self.manifest["banner"] = study.banner
+            self.note(f"**{study.banner}**")
+        show_markdown(f"Workspace: `{study.workspace.root}` ({study.workspace.found_by}). Data, models and this "
+                      f"page are read and written there; the page is published to `{self.final}`.")
         self._write_manifest()
+
+    def __repr__(self) -> str:
+        return f"Page({self.name!r}, profile={self.study.name!r}, out={str(self.out)!r})"
 
     def _write_manifest(self) -> None:
         io.write_json(self.out / "manifest.json", self.manifest)
 
-    def _capture_warnings(self) -> None:
-        """In a notebook kernel, warnings and WARNING+ log records go to warnings.log (counted in the manifest) and
-        progress bars are off: the notebook output shows the tables and figures only. Elsewhere (a script, the
-        tests) nothing is redirected."""
-        self.warnings_log = self.out / "warnings.log"
-        self.warnings_log.write_text("")
-        self.manifest["warnings"] = 0
-        try:
-            from IPython import get_ipython
-        except ImportError:  # pragma: no cover - IPython comes with the notebook stack
-            return
-        if get_ipython() is None:
-            return
-        os.environ["TQDM_DISABLE"] = "1"
-        page = self
-
-        def record(message, category, filename, lineno, file=None, line=None):
-            page._log_warning(f"{category.__name__}: {message} ({Path(filename).name}:{lineno})")
-
-        warnings.showwarning = record
-        # tqdm.auto, imported by the hub libraries, looks for notebook widgets; progress bars are off here anyway
-        warnings.filterwarnings("ignore", message="IProgress not found")
-
-        class _Handler(logging.Handler):
-            def emit(self, rec):
-                page._log_warning(f"{rec.levelname} {rec.name}: {rec.getMessage()}")
-
-        root = logging.getLogger()
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        root.addHandler(_Handler(level=logging.WARNING))
-
-    def _log_warning(self, text: str) -> None:
-        with self.warnings_log.open("a", encoding="utf-8") as f:
-            f.write(text + "\n")
+    def _count_warning(self) -> None:
         self.manifest["warnings"] = self.manifest.get("warnings", 0) + 1
         self._write_manifest()
 
+    # -- what the page shows -------------------------------------------------------------------------------------
     def note(self, text: str) -> None:
-        from IPython.display import Markdown
-
-        self.manifest["notes"].append(text)
+        """A sentence shown in the notebook and on the page's section of the index."""
+        self.manifest["notes"].append(text.strip("*") if text.startswith("**") else text)
         self._write_manifest()
-        _display(Markdown(text))
+        show_markdown(text)
 
-    def table(self, name: str, title: str, shown: pd.DataFrame, data: pd.DataFrame | None = None) -> pd.DataFrame:
-        from IPython.display import HTML
+    def paper(self, paper: str, table: str, **filters) -> None:
+        """What the paper reports for this page (from reported.csv), shown before anything runs, with its sources."""
+        rows = reported(paper, table, **filters)
+        if not len(rows):
+            show_markdown(f"No reported numbers of {paper} {table} are stored in `reported.csv`.")
+            return
+        shown = paper_view(rows)
+        sources = sorted({str(s).split(", row")[0] for s in rows.source})
+        show(HTML(f"<h4>{_html.escape(paper)} {_html.escape(table)}, as published</h4>{table_html(shown)}"
+                  f"<p><small>Source: {_html.escape('; '.join(sources))} (ssvp_core/reports/data/reported.csv)"
+                  "</small></p>"))
 
+    def protocol(self, jobs) -> None:
+        """The protocol of this run, one row per model the page needs (Study.protocol_table), saved with the page."""
+        frame = self.study.protocol_table(jobs)
+        self.table("protocol", "Protocol of this run", frame.set_index("method"), frame)
+
+    def table(self, name: str, title: str, shown: pd.DataFrame, data: pd.DataFrame | None = None) -> None:
+        """Save a table (CSV of `data` with full precision; Markdown and an HTML fragment of `shown` with 2 decimals)
+        and show it."""
         data = shown if data is None else data
         shown = self._reference_columns(shown, data)
         io.write_text(self.out / f"{name}.csv", data.to_csv(index=False))
@@ -151,16 +110,16 @@ class Page:
         html = table_html(shown)
         # `<table>.table.html`: a table may share its page's name, whose `<page>.html` is the exported notebook
         io.write_text(self.out / f"{name}.table.html", html)
+        self.manifest["tables"] = [t for t in self.manifest["tables"] if t["name"] != name]  # a re-run cell replaces
         self.manifest["tables"].append({"name": name, "title": title, "html": f"{name}.table.html", "csv": f"{name}.csv"})
         self._write_manifest()
-        _display(HTML(f"<h4>{_html.escape(title)}</h4>{html}"))
-        return shown
+        show(HTML(f"<h4>{_html.escape(title)}</h4>{html}"))
 
     def _reference_columns(self, shown: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
         """Tables without a dataset column (ablations, alignment) in a profile whose paper numbers stand beside
         another dataset: drop the deltas and label the paper columns as a reference."""
-        alias = experiments.section(self.profile, "paper_alias") or {}
-        if not alias or "dataset" in data.columns:
+        alias = self.study.section("paper_alias") or {}
+        if not alias or "dataset" in data.columns or not any(c == "paper" or "paper" in c for c in _labels(shown)):
             return shown
         label = f"paper, {', '.join(tables._title(a) for a in sorted(set(alias.values())))} (reference)"
 
@@ -177,9 +136,10 @@ class Page:
 
     def figure(self, name: str, title: str, fig) -> None:
         io.save_figure(fig, self.out / f"{name}.png", dpi=110, bbox_inches="tight")
+        self.manifest["figures"] = [f for f in self.manifest["figures"] if f["name"] != name]
         self.manifest["figures"].append({"name": name, "title": title, "png": f"{name}.png"})
         self._write_manifest()
-        _display(fig)
+        show(fig)
         figures.close(fig)
 
     def summary(self, fragment: str) -> None:
@@ -187,6 +147,52 @@ class Page:
         io.write_text(self.out / "summary.html", fragment)
         self.manifest["summary"] = "summary.html"
         self._write_manifest()
+
+    def differences(self) -> None:
+        """Show what differs from the paper in this profile, and why (the preset's `differences` for this page;
+        `publish` records them with the page, and the index shows them)."""
+        items = self.study.differences(self.name)
+        if not items:
+            show_markdown("Nothing in this profile is known to differ from the paper's protocol for this page.")
+        else:
+            show_markdown("\n".join(f"- **{d['what']}** {d['why']}" for d in items))
+
+    def publish(self) -> None:
+        """Make this page part of the report (see the class docstring)."""
+        self.manifest["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.manifest["differences"] = [{"what": d["what"], "why": d["why"]} for d in self.study.differences(self.name)]
+        self._write_manifest()
+        if not self.publishes:
+            return
+        from .site import publish
+
+        publish(self.study.reports, self.name, self.study.name, self.out,
+                {"status": "ok", "error": "", "seconds": round(time.time() - self.started, 1), "key": None,
+                 "run_by": "notebook kernel"})
+        show_markdown(f"Published to `{self.final}`; the index is `{self.study.reports / 'index.html'}`.")
+
+
+def _labels(frame: pd.DataFrame) -> list[str]:
+    return [str(x) for c in frame.columns for x in (c if isinstance(c, tuple) else (c,))]
+
+
+def paper_view(rows: pd.DataFrame) -> pd.DataFrame:
+    """Reported rows laid out as the paper prints them: per-class tables one row per class and a (method, metric)
+    column each; the others one row per (dataset, method), whichever vary, and a column per metric (with its std
+    where the paper gives one)."""
+    values = ["value", "std"] if rows["std"].notna().any() else ["value"]
+    if rows["cls"].nunique() > 1:
+        view = rows.pivot_table(index="cls", columns=["method", "metric"], values="value", sort=False, aggfunc="first")
+        return view.reindex(list(dict.fromkeys(rows.cls)))
+    index = [c for c in ("dataset", "method") if rows[c].nunique() > 1] or ["method"]
+    if rows.duplicated(index + ["metric"]).any():  # several tables or versions report the same cell (DAPO's abstracts)
+        index = ["table"] + index
+    view = rows.pivot_table(index=index, columns="metric", values=values, sort=False, aggfunc="first")
+    if values == ["value"]:
+        view.columns = view.columns.droplevel(0)
+    else:
+        view = view.swaplevel(0, 1, axis=1).sort_index(axis=1, level=0, sort_remaining=False)
+    return view
 
 
 def _flat(frame: pd.DataFrame) -> pd.DataFrame:
@@ -199,46 +205,16 @@ def _flat(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _datasets(profile: str, given, default_key: str | None = None) -> list[str]:
-    if given:
-        return list(given)
-    if default_key:
-        return list(experiments.section(profile, default_key, experiments.targets(profile)))
-    return experiments.targets(profile)
-
-
-def _main_target(profile: str) -> str:
-    """The dataset of the single-dataset tables (MVTec-AD in the paper; the held-out synthetic set in smoke)."""
-    return experiments.section(profile, "main_target", "mvtec")
-
-
-def _protocol_note(page: Page, frame: pd.DataFrame) -> None:
-    """Which auxiliary dataset trained each method behind the page's numbers (tables.protocol_note)."""
-    text = tables.protocol_note(frame)
-    if text:
-        page.note(text)
-
-
-def _trained_note(page: Page, profile: str, methods: list[str], targets: list[str]) -> None:
-    """The protocol note for pages whose figures (not tables) come from trained models."""
-    rows = [{"method": m, "dataset": t, "trained_on": experiments.trained_on(profile, m, t)} for m in methods for t in targets]
-    _protocol_note(page, pd.DataFrame(rows))
-
-
-def _image_and_pixel(page: Page, name: str, title: str, frame: pd.DataFrame, image_metrics, pixel_metrics) -> None:
-    """Both papers split their Table 1 into an image-level and a pixel-level half, one row per (dataset, method)."""
-    page.table(f"{name}_image", f"{title} (image level)", tables.wide(frame, ["dataset", "method"], list(image_metrics)), frame)
-    page.table(f"{name}_pixel", f"{title} (pixel level)", tables.wide(frame, ["dataset", "method"], list(pixel_metrics)), frame)
-
-
-def _interval_note(profile: str, overrides=()) -> str:
-    cfg = experiments.run_config(profile, "reference", experiments.targets(profile)[0], tuple(overrides))
+def interval_note(study: Study, jobs) -> str:
+    """How the tables' 95% intervals were computed (the settings of the page's first evaluation)."""
+    cfg = study.config(jobs[0].model)
     return (f"95% CI: percentile bootstrap over test images ({cfg.eval.bootstrap} resamples, seed "
             f"{cfg.eval.bootstrap_seed}), stratified by class and label; each resample recomputes every class's metric "
             "on the drawn images (pixel metrics on all pixels of the drawn images) and averages over classes.")
 
 
-def _reference_note(frame: pd.DataFrame) -> str | None:
+def reference_note(frame: pd.DataFrame) -> str | None:
+    """When the paper's numbers belong to another dataset than ours: say they are a reference, without deltas."""
     label = tables.paper_reference_label(frame)
     if not label:
         return None
@@ -246,36 +222,11 @@ def _reference_note(frame: pd.DataFrame) -> str | None:
             "data here are another set, so no delta is computed.")
 
 
-def table1(profile="smoke", out_dir="reports/smoke/table1", datasets=None, methods=None, overrides=(), device="auto"):
-    page = Page("table1", profile, out_dir, overrides, device)
-    datasets = _datasets(profile, datasets, "table1_datasets")
-    frame = tables.table1(profile, datasets, methods, page.overrides)
-    _protocol_note(page, frame)
-    reference = _reference_note(frame)
-    page.note("Image level: (AUROC, F1-max, AP); pixel level: (AUROC, PRO, AP). Reproduced and paper values in %"
-              + ("" if reference else ", delta = reproduced - paper") + ". PRO = cflow-ad 200-threshold AUPRO as in "
-              "the papers; `pixel_aupro` is the exact MVTec AUPRO (no paper value). Paper: SSVP v2 Table 1.")
-    page.note(_interval_note(profile, page.overrides))
-    if reference:
-        page.note(reference)
-    _image_and_pixel(page, "table1", "Table 1", frame, tables.IMAGE_METRICS, tables.PIXEL_METRICS)
-    used = list(dict.fromkeys(frame.method))
-    test = tables.versus_best_baseline(profile, datasets, used, ["image_auroc", "pixel_auroc", "pixel_aupro_legacy"],
-                                       page.overrides)
-    if len(test):
-        page.note("SSVP against the best other method per dataset and metric: difference of class means with its "
-                  "paired-bootstrap 95% CI (the same resampled images for both methods) and two-sided p-value "
-                  "2·min(#{d≤0}+1, #{d≥0}+1)/(B+1).")
-        shown = test.assign(**{tables.CI: [tables.format_ci(lo, hi) for lo, hi in zip(test.diff_ci_low, test.diff_ci_high)],
-                               "p": test.p_value.map(format_p)})
-        page.table("table1_test", "SSVP vs the best baseline (paired bootstrap)",
-                   shown.set_index(["dataset", "metric"])[["value", "best_baseline", "baseline_value", "difference", tables.CI, "p"]],
-                   test)
-    ref_label = tables.paper_reference_label(frame)
-    page.figure("table1_bars", "Table 1: reproduced vs paper", figures.comparison_bars(
-        frame, ["image_auroc", "image_f1_max", "image_ap", "pixel_auroc", "pixel_aupro_legacy", "pixel_ap"], ref_label))
-    page.summary(summary_fragment(frame, test))
-    return frame
+def paired_test_view(test: pd.DataFrame) -> pd.DataFrame:
+    """The paired test of SSVP against the best other method, as shown: CI and p-value formatted."""
+    shown = test.assign(**{tables.CI: [tables.format_ci(lo, hi) for lo, hi in zip(test.diff_ci_low, test.diff_ci_high)],
+                           "p": test.p_value.map(format_p)})
+    return shown.set_index(["dataset", "metric"])[["value", "best_baseline", "baseline_value", "difference", tables.CI, "p"]]
 
 
 def summary_fragment(frame: pd.DataFrame, test: pd.DataFrame | None = None,
@@ -318,198 +269,17 @@ def summary_fragment(frame: pd.DataFrame, test: pd.DataFrame | None = None,
     return "\n".join(parts)
 
 
-def table2(profile="smoke", out_dir="reports/smoke/table2", dataset=None, methods=None, overrides=(), device="auto"):
-    page = Page("table2", profile, out_dir, overrides, device)
-    frame = tables.table2(profile, dataset or _main_target(profile), methods, page.overrides)
-    _protocol_note(page, frame)
-    page.note(_interval_note(profile, page.overrides).replace("averages over classes",
-                                                              "for a class row, the metric of that class"))
-    reference = _reference_note(frame)
-    if reference:
-        page.note(reference)
-    page.table("table2", "Table 2: class-wise image-level (IL) and pixel-level (PL) AUROC",
-               tables.wide(frame, ["cls", "method"], ["image_auroc", "pixel_auroc"]), frame)
-    page.figure("table2_bars", "Table 2: per-class AUROC", figures.per_class_bars(
-        frame[frame.cls != "mean"], reference=tables.paper_reference_label(frame)))
-    return frame
 
 
-def table3(profile="smoke", out_dir="reports/smoke/table3", dataset=None, seeds=None, baseline="shared_schedule",
-           overrides=(), device="auto"):
-    """baseline: what row A (Bayes-PFL) shares with rows B-E, tables.BASELINE_SHARED_KEYS: shared_schedule |
-    shared_schedule_and_backbone | released (Bayes-PFL's own 30 epochs, batch 32, sigma 8, ...)."""
-    page = Page("table3", profile, out_dir, overrides, device)
-    seeds = list(seeds or experiments.section(profile, "ablation_seeds", [111, 222, 333]))
-    target = dataset or _main_target(profile)
-    frame = tables.table3(profile, target, seeds, page.overrides, baseline)
-    _protocol_note(page, frame)
-    shared = tables.baseline_overrides(profile, target, baseline, page.overrides)
-    page.note(f"Mean ± std over seeds {seeds}. A = Bayes-PFL (the paper's re-run baseline); B-E = SSVP with the "
-              "listed switches (B: naive concat fusion; C: ATF; D: + VCPG; E: full). Row A shares with B-E "
-              f"(`baseline={baseline}`): {', '.join(shared) or 'nothing (Bayes-PFL as released)'}; the paper: "
-              "\"all models employ the same training configuration parameters, with the epoch set to 15 and the batch "
-              "size set to 8\".")
-    shown = frame.pivot_table(index=["model", "switches"], columns="metric", values=["reproduced", "std", "paper", "paper_std", "delta"], sort=False)
-    shown = shown.swaplevel(0, 1, axis=1).sort_index(axis=1, level=0, sort_remaining=False)
-    page.table("table3", "Table 3: component ablation", shown, frame)
-    return frame
+def gpu_table(page: Page, path: str | os.PathLike) -> None:
+    """The table `bench/gpu.py --out PATH` wrote, shown as a page table with its device; without one, a note on how
+    to make it."""
+    from .efficiency import read_gpu_table
 
-
-def table4(profile="smoke", out_dir="reports/smoke/table4", dataset=None, tir_layers="mean", t_static="handcrafted",
-           overrides=(), device="auto"):
-    """tir_layers: Eq. 23's patch features, mean | last | a tapped-layer index; t_static: Eq. 24's static prototype,
-    handcrafted | t_init (analysis module docstring)."""
-    page = Page("table4", profile, out_dir, overrides, device)
-    target = dataset or _main_target(profile)
-    frame = tables.table4(profile, target, page.overrides, tir_layers, t_static)
-    _trained_note(page, profile, ["ssvp"], [target])
-    static = ("the handcrafted prompt 'a photo of a normal/damaged <class>.'" if t_static == "handcrafted"
-              else "T_init, the learned prompts before VCPG")
-    page.note("TIR-FG (Eq. 23, higher is better) and SCD (Eq. 24, lower is better), raw values. Baseline (Identity) = "
-              f"SSVP without HSVS, VCPG and VTAM; TIR-FG patch features: {tir_layers} of the tapped layers; "
-              f"t_static = {static}.")
-    page.table("table4", "Table 4: semantic-visual alignment", frame.set_index(["metric", "method"]), frame)
-    return frame
-
-
-def table5(profile="smoke", out_dir="reports/smoke/table5", dataset=None, overrides=(), device="auto"):
-    page = Page("table5", profile, out_dir, overrides, device)
-    frame = tables.table5(profile, dataset or _main_target(profile), page.overrides)
-    _protocol_note(page, frame)
-    if profile == "smoke":
-        page.note("Smoke: tiny random stand-ins of each auxiliary backbone family (same timm classes, small widths).")
-    page.table("table5", "Table 5: auxiliary visual backbone", tables.wide(frame, ["method"], ["image_auroc", "pixel_auroc"]), frame)
-    return frame
-
-
-def qualitative(profile="smoke", out_dir="reports/smoke/qualitative", dataset=None, other_datasets=None, overrides=(), device="auto"):
-    """Figures 3, 4 and 5."""
-    page = Page("qualitative", profile, out_dir, overrides, device)
-    target = dataset or _main_target(profile)
-    fig3_classes = experiments.section(profile, "figure3_classes")
-    picks = experiments.pick_samples(profile, target, 1, fig3_classes)
-    outs = {m: experiments.sample_outputs(profile, m, target, picks, page.overrides) for m in ("adaclip", "bayes_pfl", "ssvp")}
-    _trained_note(page, profile, list(outs), [target, *(other_datasets or experiments.section(profile, "figure5_datasets", []))])
-    names = {"adaclip": "AdaCLIP", "bayes_pfl": "Bayes-PFL", "ssvp": "SSVP"}
-    ref = outs["ssvp"]
-    page.figure("figure3", "Figure 3: qualitative comparison",
-                figures.qualitative_grid([o["sample"].cls for o in ref], [o["image"] for o in ref], [o["mask"] for o in ref],
-                                         {names[m]: [o["map"] for o in v] for m, v in outs.items()}))
-    page.figure("figure4", f"Figure 4: baseline vs SSVP on {target}",
-                figures.baseline_vs_ssvp({"Baseline": outs["bayes_pfl"][:4], "SSVP": ref[:4]}))
-    for ds in other_datasets or experiments.section(profile, "figure5_datasets", []):
-        p = experiments.pick_samples(profile, ds, 1)[:4]
-        samples = {"Baseline": experiments.sample_outputs(profile, "bayes_pfl", ds, p, page.overrides),
-                   "SSVP": experiments.sample_outputs(profile, "ssvp", ds, p, page.overrides)}
-        page.figure(f"figure5_{ds}", f"Figure 5: baseline vs SSVP on {ds}", figures.baseline_vs_ssvp(samples))
-
-
-def tsne(profile="smoke", out_dir="reports/smoke/tsne", dataset=None, overrides=(), device="auto"):
-    """Figure 6."""
-    from .analysis import prompt_embeddings, tsne as run_tsne
-
-    page = Page("tsne", profile, out_dir, overrides, device)
-    target = dataset or experiments.section(profile, "figure6_dataset", "btad")
-    _trained_note(page, profile, ["ssvp"], [target])
-    panels = {}
-    for label, extra in (("Baseline", tables.IDENTITY_BASELINE), ("SSVP", ())):
-        vectors, labels = prompt_embeddings(profile, target, extra + page.overrides)
-        panels[label] = (run_tsne(vectors), labels)
-    page.figure("figure6", f"Figure 6: t-SNE of prompt embeddings on {target}", figures.tsne_panels(panels))
-
-
-def sensitivity(profile="smoke", out_dir="reports/smoke/sensitivity", dataset=None, gammas=None, xis=None, overrides=(), device="auto"):
-    """Figures 7-8."""
-    page = Page("sensitivity", profile, out_dir, overrides, device)
-    target = dataset or _main_target(profile)
-    grid = experiments.section(profile, "sensitivity", {})
-    gammas = list(gammas or grid.get("gamma", [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]))
-    xis = list(xis or grid.get("xi", [0.70, 0.75, 0.80, 0.85, 0.90, 0.95]))
-    g = tables.sensitivity(profile, "gamma", gammas, target, page.overrides)
-    x = tables.sensitivity(profile, "xi", xis, target, page.overrides)
-    _protocol_note(page, g)
-    page.table("figure7_data", "Figure 7 data (gamma)", g.pivot_table(index="value", columns="metric", values="reproduced"), g)
-    page.table("figure8_data", "Figure 8 data (xi)", x.pivot_table(index="value", columns="metric", values="reproduced"), x)
-    page.figure("figure7", "Figure 7: sensitivity to the balance factor gamma (paper peak 0.5)", figures.sensitivity_plot(g, "gamma", "γ", 0.5))
-    page.figure("figure8", "Figure 8: sensitivity to the margin xi (paper peak 0.85)", figures.sensitivity_plot(x, "xi", "ξ", 0.85))
-
-
-def efficiency(profile="smoke", out_dir="reports/smoke/efficiency", methods=None, gpu_table=None, overrides=(),
-               device="cpu"):
-    from .efficiency import measure, read_gpu_table
-
-    page = Page("efficiency", profile, out_dir, overrides, "auto")
-    methods = list(methods or ["winclip", "aprilgan", "anomalyclip", "adaclip", "bayes_pfl", "vip2clip", "dapo", "ssvp"])
-    frame = measure(profile, methods, "cuda" if device == "auto" and _cuda() else (device if device != "auto" else "cpu"),
-                    repeats=experiments.section(profile, "efficiency_repeats", 3), overrides=list(overrides))
-    page.note("Not in the paper. One image per forward pass; GFLOPs count matrix products and convolutions "
-              "(torch.utils.flop_counter); peak memory is the process's peak RSS on CPU or peak allocated memory on GPU.")
-    page.table("efficiency", "Efficiency per method", frame.set_index("method"), frame)
-    gpu_table = gpu_table or GPU_TABLE
-    measured = read_gpu_table(gpu_table)
+    measured = read_gpu_table(path)
     if measured is None:
-        page.note(f"No GPU measurement in {gpu_table}: on a CUDA machine, `python bench/gpu.py --out {gpu_table}` "
-                  "measures every method at paper settings and this page shows its table.")
-    else:
-        gpu_device, gpu = measured
-        page.table("gpu", f"GPU, paper settings ({gpu_device}; bench/gpu.py, {gpu_table})", gpu.set_index(gpu.columns[0]),
-                   gpu)
-    return frame
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def vip2clip(profile="smoke", out_dir="reports/smoke/vip2clip", datasets=None, methods=None, overrides=(), device="auto"):
-    page = Page("vip2clip", profile, out_dir, overrides, device)
-    frame = tables.vip2clip_table(profile, _datasets(profile, datasets, "vip2clip_datasets"), methods, page.overrides)
-    _protocol_note(page, frame)
-    page.note("ViP2-CLIP's Table 1 layout: image (AUROC, AP, F1-max), pixel (AUROC, PRO, F1-max). Paper values from the "
-              "ViP2-CLIP README tables; its medical Table 2 needs datasets with a meta.json (reader `meta`), listed in "
-              "the paper preset's `vip2clip_medical` when present.")
-    page.note(_interval_note(profile, page.overrides))
-    reference = _reference_note(frame)
-    if reference:
-        page.note(reference)
-    _image_and_pixel(page, "vip2clip", "ViP2-CLIP Table 1", frame, ["image_auroc", "image_ap", "image_f1_max"],
-                     ["pixel_auroc", "pixel_aupro_legacy", "pixel_f1_max"])
-    medical = experiments.section(profile, "vip2clip_medical", [])
-    present = [ds for ds in medical if Path(experiments.dataset_root(profile, ds)).exists()]
-    if len(present) < len(medical):
-        page.note("Medical sets not on disk, left out of Table 2: "
-                  + ", ".join(f"{ds} ({experiments.dataset_root(profile, ds)})" for ds in medical if ds not in present) + ".")
-    if present:
-        med = tables.vip2clip_table(profile, present, methods, page.overrides, table="Table 2")
-        _protocol_note(page, med)
-        page.table("vip2clip_medical", "ViP2-CLIP Table 2 (medical)", tables.wide(med, ["dataset", "method"]), med)
-    return frame
-
-
-def dapo(profile="smoke", out_dir="reports/smoke/dapo", datasets=None, overrides=(), device="auto"):
-    from .reported import reported
-
-    page = Page("dapo", profile, out_dir, overrides, device)
-    binary, objects, types = tables.dapo_tables(profile, _datasets(profile, datasets, "dapo_datasets"), page.overrides)
-    _protocol_note(page, binary)
-    claims = reported("DAPO")
-    page.note("DAPO's result tables could not be retrieved; its abstract claims are listed below. Multi-type "
-              "segmentation: per object, macro one-vs-rest pixel AUROC / AP and argmax F1 over normal + that object's "
-              "defect types, then the mean over objects.")
-    page.table("dapo_binary", "DAPO: binary detection and segmentation (%)", binary.pivot_table(index="dataset", columns="metric", values="reproduced"), binary)
-    page.table("dapo_multitype", "DAPO: multi-type segmentation per object", objects.set_index(["dataset", "cls"]), objects)
-    page.table("dapo_types", "DAPO: multi-type segmentation per defect type", types.set_index(["dataset", "defect"]), types)
-    page.table("dapo_claims", "DAPO: reported claims (abstracts)", claims[["table", "metric", "value", "source"]].set_index("table"), claims)
-    return binary
-
-
-# files a page reads besides the package and the run caches: a change re-runs its notebook (runner.notebook_key)
-PAGE_INPUTS = {"efficiency": (GPU_TABLE,)}
-PAGES = {f.__name__: f for f in (table1, table2, table3, table4, table5, qualitative, tsne, sensitivity, efficiency, vip2clip, dapo)}
-
-
-def load_manifest(folder: Path) -> dict | None:
-    path = Path(folder) / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+        page.note(f"No GPU measurement in {path}: on a CUDA machine, `python bench/gpu.py --out {path}` measures "
+                  "every method at paper settings and this page shows its table.")
+        return
+    device, frame = measured
+    page.table("gpu", f"GPU, paper settings ({device}; bench/gpu.py, {path})", frame.set_index(frame.columns[0]), frame)

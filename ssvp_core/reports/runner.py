@@ -27,11 +27,15 @@ import traceback
 from pathlib import Path
 
 from .. import io
+from ..config import load_preset
 from ..errors import ConfigError
-from .pages import PAGE_INPUTS, PAGES
+from ..workspace import ENV as WORKSPACE_ENV
+from ..workspace import Workspace, find
+from .catalog import NOTEBOOKS, PAGES
+from .site import build_index, read_status, record_status, relocate_manifest, replace_folder
 
 PACKAGE = Path(__file__).resolve().parents[1]
-DEFAULT_NOTEBOOKS = PACKAGE.parent / "notebooks"
+DEFAULT_NOTEBOOKS = NOTEBOOKS
 ORDER = list(PAGES)
 
 
@@ -48,11 +52,13 @@ def notebook_path(name: str, notebooks_dir: Path) -> Path:
     return Path(notebooks_dir) / f"{name}.ipynb"
 
 
-def notebook_key(name: str, notebooks_dir: Path, profile: str, overrides: list[str], digest: str) -> str:
+def notebook_key(name: str, notebooks_dir: Path, profile: str, overrides: list[str], digest: str,
+                 workspace: Workspace | None = None) -> str:
     """What a notebook's outputs depend on: its text, the profile, the overrides, the package's sources and the
-    files its page reads besides them (`PAGE_INPUTS`, e.g. the GPU table bench/gpu.py wrote)."""
-    files = [(f, hashlib.sha256(Path(f).read_bytes()).hexdigest() if Path(f).is_file() else None)
-             for f in PAGE_INPUTS.get(name, ())]
+    files its page reads besides them (`PageSpec.inputs`, e.g. the GPU table bench/gpu.py wrote, in the workspace)."""
+    workspace = workspace or find()
+    files = [(f, hashlib.sha256(workspace.path(f).read_bytes()).hexdigest() if workspace.path(f).is_file() else None)
+             for f in PAGES[name].inputs]
     text = notebook_path(name, notebooks_dir).read_text()
     return hashlib.sha256(json.dumps([text, profile, overrides, digest, files]).encode()).hexdigest()[:16]
 
@@ -81,7 +87,7 @@ def _output_to(path: Path | None):
 
 
 def run_one(name: str, profile: str, report_dir: str, notebooks_dir: str, overrides: list[str], threads: int | None,
-            verbose: bool = False) -> dict:
+            verbose: bool = False, workspace: str | None = None) -> dict:
     """Execute one notebook (in a worker process) and move its outputs into place on success."""
     import papermill as pm
 
@@ -90,20 +96,22 @@ def run_one(name: str, profile: str, report_dir: str, notebooks_dir: str, overri
     work = report_dir / ".work" / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    root = str(find(workspace).root)
     os.environ.update({"SSVP_THREADS": str(threads)} if threads else {})
-    os.environ.setdefault("TQDM_DISABLE", "1")  # the kernel's progress bars would only reach the log
+    os.environ[WORKSPACE_ENV] = root  # the kernel and anything it starts resolve paths in the same workspace
+    os.environ.setdefault("TQDM_DISABLE", "1")  # a batch run shows no progress lines in its rendered notebook
     if not verbose:
         for logger in ("papermill", "traitlets", "jupyter_client", "nbclient"):
             logging.getLogger(logger).setLevel(logging.ERROR)
-    params = {"profile": profile, "out_dir": str(work), "overrides": list(overrides)}
+    params = {"profile": profile, "workspace": root, "out_dir": str(work), "overrides": list(overrides)}
     executed = work / f"{name}.ipynb"
     log_file = None if verbose else work / "kernel.log"
     try:
         with _output_to(log_file):
             pm.execute_notebook(str(notebook_path(name, Path(notebooks_dir))), str(executed), parameters=params,
-                                kernel_name="python3", progress_bar=False, cwd=str(Path.cwd()))
+                                kernel_name="python3", progress_bar=False, cwd=root)
         _export_html(executed, work / f"{name}.html")
-        _fix_paths(work, final)
+        relocate_manifest(work, final)
     except Exception as e:  # the notebook failed: keep the earlier outputs, record the error
         error = _describe(e)
         if executed.is_file():
@@ -113,24 +121,10 @@ def run_one(name: str, profile: str, report_dir: str, notebooks_dir: str, overri
             shutil.copy(log_file, report_dir / f"{name}.failed.log")
         shutil.rmtree(work, ignore_errors=True)
         return {"status": "failed", "error": error, "seconds": time.time() - started}
-    backup = report_dir / ".work" / f"{name}.old"
-    shutil.rmtree(backup, ignore_errors=True)
-    if final.exists():
-        final.rename(backup)
-    work.rename(final)
-    shutil.rmtree(backup, ignore_errors=True)
+    replace_folder(work, final)
     (report_dir / f"{name}.failed.ipynb").unlink(missing_ok=True)
     (report_dir / f"{name}.failed.log").unlink(missing_ok=True)
     return {"status": "ok", "error": "", "seconds": time.time() - started}
-
-
-def _fix_paths(work: Path, final: Path) -> None:
-    """The notebook wrote out_dir = the work folder; record the final folder in its manifest."""
-    manifest = work / "manifest.json"
-    if manifest.is_file():
-        data = json.loads(manifest.read_text())
-        data["out_dir"] = str(final)
-        io.write_json(manifest, data)
 
 
 def _export_html(notebook: Path, html: Path) -> None:
@@ -149,27 +143,30 @@ def _describe(e: Exception) -> str:
 
 
 def reproduce(profile: str = "smoke", only: list[str] | None = None, jobs: int = 1, overrides: list[str] | None = None,
-              force: bool = False, reports_dir: str | Path = "reports", notebooks_dir: str | Path | None = None,
-              log=None, verbose: bool = False) -> Path:
+              force: bool = False, reports_dir: str | Path | None = None, notebooks_dir: str | Path | None = None,
+              log=None, verbose: bool = False, workspace: str | Path | None = None) -> Path:
+    """Run the notebooks of `profile` (all, or `only`) into `reports_dir/<profile>/` (default: the workspace's
+    reports/) and return the index. See the module docstring."""
     from tqdm import tqdm
 
-    from .site import build_index
+    from .experiments import Study
 
+    ws = find(workspace)
     notebooks_dir = Path(notebooks_dir or DEFAULT_NOTEBOOKS)
     names = ORDER if not only else list(only)
     unknown = [n for n in names if n not in PAGES or not notebook_path(n, notebooks_dir).is_file()]
     if unknown:
         raise ConfigError(f"unknown notebook(s) {unknown}; available: {[n for n in ORDER if notebook_path(n, notebooks_dir).is_file()]}")
-    report_dir = Path(reports_dir) / profile
+    name_of_profile = load_preset(profile).get("profile", profile)
+    report_dir = Path(reports_dir or ws.reports) / name_of_profile
     report_dir.mkdir(parents=True, exist_ok=True)
-    status_path = report_dir / "status.json"
-    status = json.loads(status_path.read_text()) if status_path.is_file() else {}
+    status = read_status(report_dir)
     digest = sources_digest()
     overrides = list(overrides or [])
     say = log or tqdm.write
     todo = []
     for name in names:
-        key = notebook_key(name, notebooks_dir, profile, overrides, digest)
+        key = notebook_key(name, notebooks_dir, profile, overrides, digest, ws)
         previous = status.get(name, {})
         if not force and previous.get("status") == "ok" and previous.get("key") == key and (report_dir / name / "manifest.json").is_file():
             say(f"{name}: unchanged since its last successful run, skipped")
@@ -177,15 +174,13 @@ def reproduce(profile: str = "smoke", only: list[str] | None = None, jobs: int =
         todo.append((name, key))
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs)) if jobs > 1 else None
     if todo:  # generate the synthetic data once, before parallel notebooks race for it
-        from .experiments import ensure_profile_data
-
-        ensure_profile_data(profile)
+        Study(profile, ws).ensure_data()
     size = shutil.get_terminal_size((100, 24))  # a terminal that reports 0 x 0 (some ptys) would hide the bar
     bar = tqdm(total=len(todo), desc=f"reproduce {profile}", unit="notebook", ncols=size.columns, nrows=size.lines,
                bar_format="{desc}: {n}/{total} notebooks |{bar}| {elapsed}{postfix}", disable=not todo or None)
     with bar, cf.ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(run_one, name, profile, str(report_dir), str(notebooks_dir), overrides, threads, verbose): (name, key)
-                   for name, key in todo}
+        futures = {pool.submit(run_one, name, profile, str(report_dir), str(notebooks_dir), overrides, threads, verbose,
+                               str(ws.root)): (name, key) for name, key in todo}
         pending = set(futures)
         while pending:
             finished, pending = cf.wait(pending, timeout=1.0, return_when=cf.FIRST_COMPLETED)
@@ -198,12 +193,12 @@ def reproduce(profile: str = "smoke", only: list[str] | None = None, jobs: int =
                 except Exception as e:  # the worker itself died
                     result = {"status": "failed", "error": _describe(e), "seconds": 0.0}
                 result.update(key=key if result["status"] == "ok" else status.get(name, {}).get("key"),
-                              finished=time.strftime("%Y-%m-%d %H:%M:%S"))
-                status[name] = result
-                io.write_json(status_path, status)
+                              run_by="ssvp reproduce")
+                status = record_status(report_dir, name, result)
                 say(f"{name}: {result['status']} in {result['seconds']:.0f} s" + (f" ({result['error']})" if result["error"] else ""))
-                build_index(report_dir, profile, status)
+                build_index(report_dir, name_of_profile, status)
                 bar.update(1)
             bar.refresh()
-    shutil.rmtree(report_dir / ".work", ignore_errors=True)
-    return build_index(report_dir, profile, status)
+    for name, _ in todo:  # keep the work folders of notebooks open in JupyterLab (<name>.notebook)
+        shutil.rmtree(report_dir / ".work" / name, ignore_errors=True)
+    return build_index(report_dir, name_of_profile, status)

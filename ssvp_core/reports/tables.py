@@ -1,7 +1,9 @@
 """Tables of the paper, rebuilt from cached experiments, with the paper's own numbers and the deltas beside ours.
 
-Every builder returns a long DataFrame (dataset, cls, method, metric, reproduced, paper, delta) in percent; `wide`
-pivots it for display. Reproduced metrics come from `reports.experiments`; paper numbers from `reports.reported`.
+Each table has two functions: `<table>_jobs(study, ...)` lists the models and evaluations it reads (what its
+notebook trains and evaluates, one step each, and what `ssvp plan` counts), and `<table>(study, jobs)` assembles
+it from their cached results. Every builder returns a long DataFrame (dataset, cls, method, metric, reproduced,
+paper, delta) in percent; `wide` pivots it for display. Paper numbers come from `reports.reported`.
 Our `pixel_aupro_legacy` (cflow-ad 200 thresholds) is the one compared with the papers' "PRO"; the exact MVTec
 AUPRO is shown next to it without a paper value.
 
@@ -19,13 +21,16 @@ import numpy as np
 import pandas as pd
 
 from ..metrics.bootstrap import dataset_resamples, paired_p_value, percentile_interval
-from . import experiments
+from .experiments import EvalJob, Model, Study
 from .reported import reported
 
 CI = "95% CI"
 
 TABLE1_METHODS = ["winclip", "aprilgan", "anomalyclip", "adaclip", "bayes_pfl", "ssvp"]
 TABLE2_METHODS = ["winclip", "anomalyclip", "adaclip", "bayes_pfl", "ssvp"]
+QUALITATIVE_METHODS = ["adaclip", "bayes_pfl", "ssvp"]
+VIP2CLIP_METHODS = ["winclip", "aprilgan", "anomalyclip", "adaclip", "vip2clip"]
+VIP2CLIP_METRICS = ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro_legacy", "pixel_f1_max"]
 IMAGE_METRICS = ["image_auroc", "image_f1_max", "image_ap"]
 PIXEL_METRICS = ["pixel_auroc", "pixel_aupro_legacy", "pixel_ap", "pixel_aupro"]
 PAPER_METRIC = {"pixel_aupro_legacy": "pixel_aupro", "pixel_aupro": None}  # ours -> the paper's column
@@ -90,29 +95,111 @@ def interval(ev, metric: str, cls: str = "mean") -> dict:
     return {"ci_low": lo, "ci_high": hi}
 
 
-def comparison(profile: str, datasets: list[str], methods: list[str], metrics: list[str], paper: pd.DataFrame,
-               overrides: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Dataset-mean metrics of every (dataset, method) beside the paper's numbers (the layout of both papers' Table 1),
-    with the bootstrap interval of each."""
+# -- what each table reads: the jobs a notebook trains and evaluates before assembling it (and `ssvp plan` lists) --
+def comparison_jobs(study: Study, datasets: list[str], methods: list[str]) -> list[EvalJob]:
+    """Every (dataset, method) of a Table-1 layout, evaluated with bootstrap resamples for the CIs."""
+    return [EvalJob(Model(method, ds), bootstrap=True) for ds in datasets for method in methods]
+
+
+def table1_jobs(study: Study, datasets: list[str] | None = None, methods: list[str] | None = None) -> list[EvalJob]:
+    return comparison_jobs(study, study.datasets(datasets, "table1_datasets"), list(methods or TABLE1_METHODS))
+
+
+def table2_jobs(study: Study, dataset: str | None = None, methods: list[str] | None = None) -> list[EvalJob]:
+    return comparison_jobs(study, [dataset or study.main_target], list(methods or TABLE2_METHODS))
+
+
+def table3_jobs(study: Study, dataset: str | None = None, seeds: list[int] | None = None,
+                baseline: str = "shared_schedule") -> list[EvalJob]:
+    """Models A-E of the ablation, once per seed; row A's overrides copy the settings of rows B-E named by
+    `baseline` (BASELINE_SHARED_KEYS), so that the caller's overrides still win."""
+    target = dataset or study.main_target
+    seeds = list(seeds or study.section("ablation_seeds", [111, 222, 333]))
+    shared = baseline_overrides(study, target, baseline)
+    return [EvalJob(Model(method, target, (shared if row == "A" else ()) + tuple(switches), seed, label=row))
+            for row, (method, switches) in ABLATION.items() for seed in seeds]
+
+
+def table4_models(study: Study, dataset: str | None = None) -> list[Model]:
+    """Table 4 compares the Identity baseline (SSVP without HSVS, VCPG, VTAM) with full SSVP."""
+    target = dataset or study.main_target
+    return [Model("ssvp", target, IDENTITY_BASELINE, label="baseline"), Model("ssvp", target, label="ssvp")]
+
+
+def qualitative_models(study: Study, dataset: str | None = None, other_datasets: list[str] | None = None) -> list[Model]:
+    """Figures 3-5: AdaCLIP, Bayes-PFL and SSVP on the main target (Figure 3), Bayes-PFL and SSVP on the others."""
+    target = dataset or study.main_target
+    others = list(other_datasets if other_datasets is not None else study.section("figure5_datasets", []))
+    return ([Model(m, target) for m in QUALITATIVE_METHODS]
+            + [Model(m, ds) for ds in others for m in ("bayes_pfl", "ssvp")])
+
+
+def tsne_models(study: Study, dataset: str | None = None) -> list[Model]:
+    """Figure 6: the Identity baseline's and SSVP's prompt embeddings on one dataset."""
+    target = dataset or study.section("figure6_dataset", "btad")
+    return [Model("ssvp", target, IDENTITY_BASELINE, label="Baseline"), Model("ssvp", target, label="SSVP")]
+
+
+def table5_jobs(study: Study, dataset: str | None = None) -> list[EvalJob]:
+    """SSVP once per auxiliary backbone of the preset's `table5` list."""
+    target = dataset or study.main_target
+    return [EvalJob(Model("ssvp", target, tuple(entry.get("overrides", [])), label=entry["label"]))
+            for entry in study.section("table5", [])]
+
+
+def sensitivity_jobs(study: Study, parameter: str, values: list[float], dataset: str | None = None) -> list[EvalJob]:
+    """SSVP once per value of one option (step-wise coordinate search: the other option at its default)."""
+    target = dataset or study.main_target
+    return [EvalJob(Model("ssvp", target, (f"options.{parameter}={v}",), label=f"{parameter}={v}")) for v in values]
+
+
+def sensitivity_grid(study: Study, gammas: list[float] | None = None, xis: list[float] | None = None) -> dict:
+    """The values of each sweep: the caller's, else the preset's `sensitivity`, else the paper's six each."""
+    grid = study.section("sensitivity", {}) or {}
+    return {"gamma": list(gammas or grid.get("gamma", [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])),
+            "xi": list(xis or grid.get("xi", [0.70, 0.75, 0.80, 0.85, 0.90, 0.95]))}
+
+
+def figure5_datasets(study: Study, given: list[str] | None = None) -> list[str]:
+    return list(given if given is not None else study.section("figure5_datasets", []))
+
+
+def medical_datasets(study: Study) -> tuple[list[str], list[str]]:
+    """The preset's ViP2-CLIP medical sets found on disk, and the others as 'name (expected root)'."""
+    names = list(study.section("vip2clip_medical", []) or [])
+    present = [ds for ds in names if study.dataset_root(ds).exists()]
+    return present, [f"{ds} ({study.dataset_root(ds)})" for ds in names if ds not in present]
+
+
+def vip2clip_jobs(study: Study, datasets: list[str] | None = None, methods: list[str] | None = None) -> list[EvalJob]:
+    return comparison_jobs(study, study.datasets(datasets, "vip2clip_datasets"), list(methods or VIP2CLIP_METHODS))
+
+
+def dapo_jobs(study: Study, datasets: list[str] | None = None) -> list[EvalJob]:
+    return [EvalJob(Model("dapo", ds), multitype=True) for ds in study.datasets(datasets, "dapo_datasets")]
+
+
+# -- the tables, assembled from the cached evaluations of their jobs ------------------------------------------------
+def comparison(study: Study, jobs: list[EvalJob], metrics: list[str], paper: pd.DataFrame) -> pd.DataFrame:
+    """Dataset-mean metrics of every job's (dataset, method) beside the paper's numbers (the layout of both papers'
+    Table 1), with the bootstrap interval of each."""
     rows = []
-    for ds in datasets:
-        paper_ds = experiments.paper_dataset(profile, ds)
-        for method in methods:
-            ev = experiments.evaluation(profile, method, ds, overrides, bootstrap=True)
-            source = experiments.trained_on(profile, method, ds)
-            for metric in metrics:
-                rows.append(_row(ds, "mean", method, metric, ev.mean(metric), _paper_value(paper, paper_ds, method, metric),
-                                 paper_ds, trained_on=source, **interval(ev, metric)))
+    for job in jobs:
+        ev = study.evaluation(job)
+        paper_ds = study.paper_dataset(job.target)
+        for metric in metrics:
+            rows.append(_row(job.target, "mean", job.method, metric, ev.mean(metric),
+                             _paper_value(paper, paper_ds, job.method, metric), paper_ds,
+                             trained_on=study.trained_on(job.method, job.target), **interval(ev, metric)))
     return pd.DataFrame(rows)
 
 
-def versus_best_baseline(profile: str, datasets: list[str], methods: list[str], metrics: list[str],
-                         overrides: tuple[str, ...] = (), ours: str = "ssvp") -> pd.DataFrame:
+def versus_best_baseline(study: Study, jobs: list[EvalJob], metrics: list[str], ours: str = "ssvp") -> pd.DataFrame:
     """Per dataset and metric: `ours` against the other method with the highest class mean, the difference with its
     paired-bootstrap 95% interval and two-sided p-value (same resampled images for both; metrics/bootstrap.py)."""
     rows = []
-    for ds in datasets:
-        evs = {m: experiments.evaluation(profile, m, ds, overrides, bootstrap=True) for m in methods}
+    for ds in dict.fromkeys(job.target for job in jobs):
+        evs = {job.method: study.evaluation(job) for job in jobs if job.target == ds}
         if ours not in evs or len(evs) < 2:
             continue
         for metric in metrics:
@@ -128,73 +215,72 @@ def versus_best_baseline(profile: str, datasets: list[str], methods: list[str], 
                          "best_baseline": best, "baseline_value": 100 * means[best],
                          "difference": 100 * (means[ours] - means[best]), "diff_ci_low": lo, "diff_ci_high": hi,
                          "p_value": paired_p_value(a, b) if diff is not None else math.nan})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
-def table1(profile: str, datasets: list[str] | None = None, methods: list[str] | None = None,
-           overrides: tuple[str, ...] = ()) -> pd.DataFrame:
-    return comparison(profile, datasets or experiments.targets(profile), methods or TABLE1_METHODS,
-                      IMAGE_METRICS + PIXEL_METRICS, reported("SSVP", "Table 1"), overrides)
+PAIRED_COLUMNS = ["dataset", "metric", "method", "value", "best_baseline", "baseline_value", "difference", "diff_ci_low",
+                  "diff_ci_high", "p_value"]
 
 
-def table2(profile: str, dataset: str = "mvtec", methods: list[str] | None = None, overrides: tuple[str, ...] = ()) -> pd.DataFrame:
-    methods = methods or TABLE2_METHODS
+def table1(study: Study, jobs: list[EvalJob]) -> pd.DataFrame:
+    return comparison(study, jobs, IMAGE_METRICS + PIXEL_METRICS, reported("SSVP", "Table 1"))
+
+
+def table2(study: Study, jobs: list[EvalJob]) -> pd.DataFrame:
+    """Per class of the target: image and pixel AUROC of every method, with per-class CIs."""
     paper = reported("SSVP", "Table 2")
-    paper_ds = experiments.paper_dataset(profile, dataset)
     rows = []
-    for method in methods:
-        ev = experiments.evaluation(profile, method, dataset, overrides, bootstrap=True)
+    for job in jobs:
+        ev = study.evaluation(job)
         m = ev.metrics
-        source = experiments.trained_on(profile, method, dataset)
+        paper_ds = study.paper_dataset(job.target)
+        source = study.trained_on(job.method, job.target)
         for metric in ("image_auroc", "pixel_auroc"):
             for _, r in m[m.metric == metric].iterrows():
                 # another dataset's class of the same name (a synthetic "capsule") is no reference: only the mean is
-                paper_value = _paper_value(paper, paper_ds, method, metric, r.cls) if paper_ds == dataset or r.cls == "mean" else math.nan
-                rows.append(_row(dataset, r.cls, method, metric, r.value, paper_value,
+                comparable = paper_ds == job.target or r.cls == "mean"
+                paper_value = _paper_value(paper, paper_ds, job.method, metric, r.cls) if comparable else math.nan
+                rows.append(_row(job.target, r.cls, job.method, metric, r.value, paper_value,
                                  paper_ds, trained_on=source, **interval(ev, metric, r.cls)))
     return pd.DataFrame(rows)
 
 
-def baseline_overrides(profile: str, dataset: str, baseline: str = "shared_schedule",
-                       overrides: tuple[str, ...] = ()) -> tuple[str, ...]:
+def baseline_overrides(study: Study, dataset: str, baseline: str = "shared_schedule") -> tuple[str, ...]:
     """Overrides that give Table 3's row A (Bayes-PFL) the settings of rows B-E named by `baseline` (see
-    BASELINE_SHARED_KEYS), read from SSVP's resolved config for the same profile, dataset and overrides."""
+    BASELINE_SHARED_KEYS), read from SSVP's resolved config for the same study and dataset."""
     if baseline not in BASELINE_SHARED_KEYS:
         from ..errors import ConfigError
 
         raise ConfigError(f"table 3 baseline={baseline!r}: choose {', '.join(BASELINE_SHARED_KEYS)}")
-    return experiments.shared_settings(profile, ABLATION_REFERENCE, dataset, BASELINE_SHARED_KEYS[baseline], overrides)
+    return study.shared_settings(ABLATION_REFERENCE, dataset, BASELINE_SHARED_KEYS[baseline])
 
 
-def table3(profile: str, dataset: str = "mvtec", seeds: list[int] | None = None, overrides: tuple[str, ...] = (),
-           baseline: str = "shared_schedule") -> pd.DataFrame:
-    seeds = seeds or [111, 222, 333]
+def table3(study: Study, jobs: list[EvalJob]) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of each ablation row's class-mean AUROCs."""
     paper = reported("SSVP", "Table 3")
-    shared = baseline_overrides(profile, dataset, baseline, tuple(overrides))
     rows = []
-    for model, (method, extra) in ABLATION.items():
-        # row A's shared settings come first, so that the caller's overrides still win
-        extra = (shared if model == "A" else ()) + tuple(extra)
+    for row in dict.fromkeys(job.model.label for job in jobs):
+        group = [job for job in jobs if job.model.label == row]
+        method, extra = group[0].method, group[0].model.extra
+        target = group[0].target
         for metric in ("image_auroc", "pixel_auroc"):
-            values = [100 * experiments.evaluation(profile, method, dataset, extra + tuple(overrides), seed).mean(metric)
-                      for seed in seeds]
-            p = paper[(paper.method == f"model-{model}") & (paper.metric == metric)]
-            rows.append({"model": model, "method": method, "switches": " ".join(extra) or "(defaults)", "metric": metric,
-                         "reproduced": float(np.mean(values)), "std": float(np.std(values)), "seeds": len(seeds),
+            values = [100 * study.evaluation(job).mean(metric) for job in group]
+            p = paper[(paper.method == f"model-{row}") & (paper.metric == metric)]
+            rows.append({"model": row, "method": method, "switches": " ".join(extra) or "(defaults)", "metric": metric,
+                         "reproduced": float(np.mean(values)), "std": float(np.std(values)), "seeds": len(group),
                          "paper": float(p.value.iloc[0]), "paper_std": float(p["std"].iloc[0]),
-                         "delta": float(np.mean(values)) - float(p.value.iloc[0]), "dataset": dataset,
-                         "trained_on": experiments.trained_on(profile, method, dataset)})
+                         "delta": float(np.mean(values)) - float(p.value.iloc[0]), "dataset": target,
+                         "trained_on": study.trained_on(method, target)})
     return pd.DataFrame(rows)
 
 
-def table4(profile: str, dataset: str = "mvtec", overrides: tuple[str, ...] = (), tir_layers: str | int = "mean",
+def table4(study: Study, models: list[Model], tir_layers: str | int = "mean",
            t_static: str = "handcrafted") -> pd.DataFrame:
+    """TIR-FG and SCD of the Identity baseline and of SSVP (Eqs. 23-24), beside the paper's, with the relative gain."""
     from .analysis import alignment
 
     paper = reported("SSVP", "Table 4")
-    choices = dict(tir_layers=tir_layers, t_static=t_static)
-    ours = {"baseline": alignment(profile, dataset, IDENTITY_BASELINE + tuple(overrides), **choices),
-            "ssvp": alignment(profile, dataset, tuple(overrides), **choices)}
+    ours = {model.label: alignment(study, model, tir_layers=tir_layers, t_static=t_static) for model in models}
     rows = []
     for metric in ("tir_fg", "scd_normal", "scd_abnormal"):
         for method in ("baseline", "ssvp"):
@@ -215,53 +301,67 @@ def table4(profile: str, dataset: str = "mvtec", overrides: tuple[str, ...] = ()
     return pd.concat([frame, pd.DataFrame(gains)], ignore_index=True)
 
 
-def table5(profile: str, dataset: str = "mvtec", overrides: tuple[str, ...] = ()) -> pd.DataFrame:
+def ablation_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """Table 3 as shown: one row per model (and its switches), per metric the reproduced mean, std, the paper's mean
+    and std, and the delta."""
+    shown = frame.pivot_table(index=["model", "switches"], columns="metric",
+                              values=["reproduced", "std", "paper", "paper_std", "delta"], sort=False)
+    return shown.swaplevel(0, 1, axis=1).sort_index(axis=1, level=0, sort_remaining=False)
+
+
+def alignment_note(tir_layers: str | int, t_static: str) -> str:
+    static = ("the embedding of the handcrafted prompts 'a photo of a normal {class}.' / 'a photo of a damaged "
+              "{class}.'" if t_static == "handcrafted" else "T_init, the learned prompts before VCPG")
+    return ("TIR-FG (Eq. 23, higher is better) and SCD (Eq. 24, lower is better), raw values. Baseline (Identity) = "
+            f"SSVP without HSVS, VCPG and VTAM; TIR-FG patch features: {tir_layers} of the tapped layers; t_static = "
+            f"{static}.")
+
+
+def table5(study: Study, jobs: list[EvalJob]) -> pd.DataFrame:
     paper = reported("SSVP", "Table 5")
+    entries = {entry["label"]: entry for entry in study.section("table5", [])}
     rows = []
-    for entry in experiments.section(profile, "table5", []):
-        ev = experiments.evaluation(profile, "ssvp", dataset, tuple(entry.get("overrides", [])) + tuple(overrides))
-        label = entry["label"]
+    for job in jobs:
+        ev = study.evaluation(job)
+        entry = entries.get(job.model.label, {})
         for metric in ("image_auroc", "pixel_auroc"):
-            p = paper[(paper.method == f"ssvp[{entry.get('paper', label)}]") & (paper.metric == metric)].value
-            rows.append(_row(dataset, "mean", label, metric, ev.mean(metric), float(p.iloc[0]) if len(p) else math.nan,
-                             experiments.paper_dataset(profile, dataset), params_M=entry.get("params_M"),
-                             trained_on=experiments.trained_on(profile, "ssvp", dataset)))
+            p = paper[(paper.method == f"ssvp[{entry.get('paper', job.model.label)}]") & (paper.metric == metric)].value
+            rows.append(_row(job.target, "mean", job.model.label, metric, ev.mean(metric),
+                             float(p.iloc[0]) if len(p) else math.nan, study.paper_dataset(job.target),
+                             params_M=entry.get("params_M"), trained_on=study.trained_on("ssvp", job.target)))
     return pd.DataFrame(rows)
 
 
-def sensitivity(profile: str, parameter: str, values: list[float], dataset: str = "mvtec",
-                overrides: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Figures 7-8: I-AUROC, P-AUROC and PRO of SSVP as one option varies (step-wise coordinate search)."""
+def sensitivity(study: Study, jobs: list[EvalJob]) -> pd.DataFrame:
+    """Figures 7-8: I-AUROC, P-AUROC and PRO of SSVP as one option varies (labels `parameter=value`)."""
     rows = []
-    for v in values:
-        ev = experiments.evaluation(profile, "ssvp", dataset, (f"options.{parameter}={v}",) + tuple(overrides))
+    for job in jobs:
+        parameter, value = job.model.label.split("=", 1)
+        ev = study.evaluation(job)
         for metric in ("image_auroc", "pixel_auroc", "pixel_aupro_legacy", "pixel_aupro"):
-            rows.append({"parameter": parameter, "value": v, "metric": metric, "reproduced": 100 * ev.mean(metric),
-                         "dataset": dataset, "method": "ssvp", "trained_on": experiments.trained_on(profile, "ssvp", dataset)})
+            rows.append({"parameter": parameter, "value": float(value), "metric": metric,
+                         "reproduced": 100 * ev.mean(metric), "dataset": job.target, "method": job.method,
+                         "trained_on": study.trained_on(job.method, job.target)})
     return pd.DataFrame(rows)
 
 
-def vip2clip_table(profile: str, datasets: list[str] | None = None, methods: list[str] | None = None,
-                   overrides: tuple[str, ...] = (), table: str = "Table 1") -> pd.DataFrame:
+def vip2clip_table(study: Study, jobs: list[EvalJob], table: str = "Table 1") -> pd.DataFrame:
     """ViP2-CLIP's Tables 1-2: image (AUROC, AP, F1-max) and pixel (AUROC, PRO, F1-max)."""
-    metrics = ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro_legacy", "pixel_f1_max"]
-    return comparison(profile, datasets or experiments.section(profile, "vip2clip_datasets", experiments.targets(profile)),
-                      methods or ["winclip", "aprilgan", "anomalyclip", "adaclip", "vip2clip"], metrics,
-                      reported("ViP2-CLIP", table), overrides)
+    return comparison(study, jobs, VIP2CLIP_METRICS, reported("ViP2-CLIP", table))
 
 
-def dapo_tables(profile: str, datasets: list[str] | None = None, overrides: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def dapo_tables(study: Study, jobs: list[EvalJob]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """DAPO: binary detection / segmentation per dataset, multi-type segmentation per object, and per defect type."""
-    datasets = datasets or experiments.section(profile, "dapo_datasets", experiments.targets(profile))
     binary, objects, types = [], [], []
-    for ds in datasets:
-        ev = experiments.evaluation(profile, "dapo", ds, overrides, multitype=True)
-        for metric in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro_legacy", "pixel_aupro", "pixel_f1_max"):
-            binary.append({"dataset": ds, "metric": metric, "reproduced": 100 * ev.mean(metric), "method": "dapo",
-                           "trained_on": experiments.trained_on(profile, "dapo", ds)})
+    for job in jobs:
+        ev = study.evaluation(job)
+        for metric in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro_legacy", "pixel_aupro",
+                       "pixel_f1_max"):
+            binary.append({"dataset": job.target, "metric": metric, "reproduced": 100 * ev.mean(metric),
+                           "method": job.method, "trained_on": study.trained_on(job.method, job.target)})
         mt = ev.extra["multitype"]
-        objects.append(mt["objects"].assign(dataset=ds))
-        types.append(mt["types"].assign(dataset=ds))
+        objects.append(mt["objects"].assign(dataset=job.target))
+        types.append(mt["types"].assign(dataset=job.target))
     return pd.DataFrame(binary), pd.concat(objects, ignore_index=True), pd.concat(types, ignore_index=True)
 
 
@@ -295,6 +395,8 @@ def wide(frame: pd.DataFrame, index: list[str], metrics: list[str] | None = None
         columns = tuple(ref if c == "paper" else c for c in columns if c != "delta")
     out = frame.pivot_table(index=index, columns="metric", values=list(columns), sort=False, dropna=False,
                             aggfunc="first")
+    if len(index) > 1:  # only the index combinations the frame holds, not their product (dropna=False makes it)
+        out = out.reindex(pd.MultiIndex.from_frame(frame[index].drop_duplicates()))
     out = out.swaplevel(0, 1, axis=1)
     order = metrics or list(dict.fromkeys(frame.metric))
     return out.reindex(columns=[(m, c) for m in order for c in columns if (m, c) in out.columns])
