@@ -27,6 +27,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from ssvp_core.errors import ConfigError
 from ssvp_core.reports import EvalJob, Model, Study, tables
 from ssvp_core.reports.catalog import NOTEBOOKS, PAGES
 from ssvp_core.reports.runner import reproduce
@@ -211,6 +212,23 @@ def test_a_table_reads_only_the_evaluations_its_jobs_list(workspace, monkeypatch
     again = study.evaluate(jobs)
     assert again.status.tolist() == ["read from cache"] * 2
     assert again.image_auroc.tolist() == first.image_auroc.tolist()  # the same stored numbers, read back
+
+
+def test_a_sweep_point_at_the_profiles_value_is_the_model_other_pages_train(workspace):
+    """Figures 7-8 sweep gamma and xi one at a time: the point at the value SSVP runs with (0.5 and 0.85, Eqs. 19 and
+    12) is Table 1's model, not a second training of it; the other points are trainings of their own."""
+    study = Study("smoke")
+    assert study.option("ssvp", "synth-b", "gamma") == 0.5 and study.option("ssvp", "synth-b", "xi") == 0.85
+    table1 = study.config(Model("ssvp", "synth-b")).fingerprint()
+    gamma = tables.sensitivity_jobs(study, "gamma", [0.0, 0.5, 1.0])
+    xi = tables.sensitivity_jobs(study, "xi", [0.75, 0.85, 0.95])
+    fingerprints = {job.model.label: study.config(job.model).fingerprint() for job in gamma + xi}
+    assert fingerprints["gamma=0.5"] == fingerprints["xi=0.85"] == table1
+    assert len(set(fingerprints.values())) == 5
+    assert study.config(gamma[0].model).options["gamma"] == 0.0
+    assert Study("smoke", overrides=["options.gamma=0.4"]).option("ssvp", "synth-b", "gamma") == 0.4
+    with pytest.raises(ConfigError, match="no option 'gama'"):
+        study.option("ssvp", "synth-b", "gama")
 
 
 @pytest.fixture(scope="module")

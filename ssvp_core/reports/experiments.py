@@ -183,6 +183,14 @@ class Study:
         return list(self.section(key, self.targets()) if key else self.targets())
 
     # -- configurations -----------------------------------------------------------------------------------------
+    def option(self, method: str, target: str, name: str):
+        """The value of one of `method`'s options in this profile (its default unless the preset or the study's
+        overrides set it), as the model trained for `target` runs with it."""
+        options = method_spec(method).options_from(self.config(Model(method, target)).options)
+        if not hasattr(options, name):
+            raise ConfigError(f"{method} has no option {name!r}")
+        return getattr(options, name)
+
     def config(self, model: Model) -> RunConfig:
         """The run configuration of a model: the protocol's training data, the target as evaluation set, the page's
         overrides, then the study's (the caller's overrides win)."""

@@ -148,9 +148,13 @@ def table5_jobs(study: Study, dataset: str | None = None) -> list[EvalJob]:
 
 
 def sensitivity_jobs(study: Study, parameter: str, values: list[float], dataset: str | None = None) -> list[EvalJob]:
-    """SSVP once per value of one option (step-wise coordinate search: the other option at its default)."""
+    """SSVP once per value of one option (step-wise coordinate search: the other option at its default). The value
+    the profile already runs with needs no override, so that point is the model the other pages train (one training
+    fewer per sweep)."""
     target = dataset or study.main_target
-    return [EvalJob(Model("ssvp", target, (f"options.{parameter}={v}",), label=f"{parameter}={v}")) for v in values]
+    default = study.option("ssvp", target, parameter)
+    return [EvalJob(Model("ssvp", target, () if v == default else (f"options.{parameter}={v}",),
+                          label=f"{parameter}={v}")) for v in values]
 
 
 def sensitivity_grid(study: Study, gammas: list[float] | None = None, xis: list[float] | None = None) -> dict:
