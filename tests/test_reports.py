@@ -231,6 +231,45 @@ def test_a_sweep_point_at_the_profiles_value_is_the_model_other_pages_train(work
         study.option("ssvp", "synth-b", "gama")
 
 
+def test_a_model_another_notebook_is_training_is_left_for_last_and_reused(workspace, monkeypatch):
+    """Two notebooks side by side (`ssvp reproduce --jobs 2`) often need the same models: the train step trains the
+    ones nobody else is training first, then waits for the busy one and reuses what the other process wrote."""
+    import threading
+
+    from ssvp_core.engine import train as engine_train
+
+    study = Study("smoke", overrides=["train.epochs=1"])
+    busy, free = Model("aprilgan", "synth-b"), Model("dapo", "synth-b")
+    jobs = [EvalJob(busy), EvalJob(free)]
+    study.prepare_data(jobs)
+    folder = study.run_dir(busy)
+    holding, started_free = threading.Event(), threading.Event()
+
+    def other_notebook():  # holds the busy model's lock and trains it once this process has moved on to the other
+        with engine_train.run_lock(folder):
+            holding.set()
+            started_free.wait(timeout=600)
+            engine_train._train(study.config(busy), True, False, None, folder / "checkpoint.pt")
+
+    trained_here = []
+    real_train = engine_train.train
+
+    def recording_train(cfg, **kwargs):
+        trained_here.append(cfg.method)
+        started_free.set()
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(engine_train, "train", recording_train)
+    other = threading.Thread(target=other_notebook)
+    other.start()
+    assert holding.wait(timeout=60) and engine_train.run_busy(folder)
+    frame = study.train(jobs, progress=False)
+    other.join()
+    assert trained_here == ["dapo"]  # the busy model was not trained a second time
+    assert frame.method.tolist() == ["aprilgan", "dapo"] and frame.status.tolist() == ["reused", "trained"]
+    assert not engine_train.run_busy(folder) and study.is_trained(busy)
+
+
 @pytest.fixture(scope="module")
 def reproduce_run(workdir, tmp_path_factory):
     """`ssvp --workspace W reproduce` of the t-SNE page (a figure) with one-epoch training, as a user runs it from

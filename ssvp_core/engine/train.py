@@ -96,6 +96,21 @@ def run_lock(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def run_busy(folder: Path) -> bool:
+    """Whether another process holds the run folder's lock now (it is training that model): a caller with other
+    models to train can do those first instead of waiting."""
+    lock = Path(folder) / ".lock"
+    if not lock.is_file():
+        return False
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 def train(cfg: RunConfig, resume: bool = True, progress: bool = True, max_steps: int | None = None,
           checkpoint_path: Path | None = None) -> TrainResult:
     """Train `cfg.method` on the auxiliary dataset (see `_train`); holds the run folder's lock while it works."""

@@ -311,17 +311,33 @@ class Study:
         train."""
         from ..engine.checkpoint import CHECKPOINT_NAME
         from ..engine.checkpoint import load as load_checkpoint
+        from ..engine.train import run_busy, run_lock
         from ..engine.train import train as train_model
 
         unique: dict[str, Model] = {}
         for model in models_of(jobs):
             unique.setdefault(self.config(model).fingerprint() + model.method, model)
-        rows = []
-        for model in progress_bars.iterate(list(unique.values()), desc="models", disable=not progress, leave=True):
+
+        def next_free(pending: list[Model]):
+            """The models in turn, each time the first that no other process is training now (a notebook running
+            beside this one that needs it too): this process trains the others meanwhile instead of waiting for that
+            lock, and usually finds the busy one done, and reuses it, when only busy ones are left."""
+            while pending:
+                free = [m for m in pending if not (method_spec(m.method).trainable and run_busy(self.run_dir(m)))]
+                model = (free or pending)[0]
+                pending.remove(model)
+                yield model
+
+        rows = {}
+        for model in progress_bars.iterate(next_free(list(unique.values())), desc="models", disable=not progress,
+                                           leave=True, total=len(unique)):
             cfg = self.config(model)
             row = {"method": model.method, "label": model.label, "trained_on": self.trained_on(model.method, model.target),
                    "epochs": cfg.train.epochs if method_spec(model.method).trainable else 0,
                    "fingerprint": cfg.fingerprint()}
+            if method_spec(model.method).trainable and run_busy(self.run_dir(model)):
+                with run_lock(self.run_dir(model)):  # only busy ones left: wait for the other process, then reuse
+                    pass
             if not method_spec(model.method).trainable:
                 row.update(status="training-free", seconds=0.0, final_loss=float("nan"))
             elif self.is_trained(model):
@@ -334,8 +350,8 @@ class Study:
                 row.update(status="trained", seconds=round(time.perf_counter() - started, 1),
                            final_loss=result.history[-1]["total"] if result.history else float("nan"))
             row["run_folder"] = str(self.run_dir(model))
-            rows.append(row)
-        frame = pd.DataFrame(rows)
+            rows[model] = row
+        frame = pd.DataFrame([rows[model] for model in unique.values()])  # in the jobs' order
         return frame if frame.label.astype(bool).any() else frame.drop(columns="label")
 
     # -- step: evaluate -----------------------------------------------------------------------------------------
