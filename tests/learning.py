@@ -6,7 +6,8 @@ trained, for several training seeds. With tiny random backbones one training run
 distribution: on held-out *classes* (synth-b) ViP2-CLIP's pixel-AUROC gain ranged from -0.099 to +0.180 over four
 seeds (tools/learning_study.py, README "Learning"), and a change of thread count alone moved a result by 0.01. So
 the tests assert the mean gain over TRAIN_SEEDS on held-out *images*, where every method's measured mean gain is at
-least three times its margin (MARGIN, MARGINS), and the held-out-class transfer is reported rather than asserted.
+least 2.8 times its margin (MARGIN, MARGINS; VisualAD's +0.141 is the closest), and the held-out-class transfer is
+reported rather than asserted.
 """
 from __future__ import annotations
 

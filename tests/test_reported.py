@@ -31,5 +31,17 @@ def test_vip2_industrial_averages_are_means_over_datasets():
 
 def test_every_row_cites_its_source():
     frame = reported()
-    assert frame.source.str.len().min() > 20 and set(frame.paper) == {"SSVP", "ViP2-CLIP", "DAPO"}
+    assert frame.source.str.len().min() > 20 and set(frame.paper) == {"SSVP", "ViP2-CLIP", "DAPO", "VisualAD"}
     assert len(reported("SSVP", "Table 3")) == 10 and reported("SSVP", "Table 3")["std"].notna().all()
+
+
+def test_visualad_readme_numbers_for_both_backbones():
+    """VisualAD README: six datasets at image level, four at pixel level (with PRO), each for its six columns."""
+    image = reported("VisualAD", "README (image)")
+    pixel = reported("VisualAD", "README (pixel)")
+    assert sorted(set(image.dataset)) == ["btad", "dagm", "dtd", "ksdd2", "mvtec", "visa"]
+    assert sorted(set(pixel.dataset)) == ["btad", "dtd", "mvtec", "visa"]
+    assert len(image) == 6 * 6 * 3 and len(pixel) == 4 * 6 * 4
+    cell = image[(image.dataset == "mvtec") & (image.method == "visualad")].set_index("metric").value
+    assert (cell["image_auroc"], cell["image_f1_max"], cell["image_ap"]) == (92.2, 93.2, 96.7)
+    assert pixel[(pixel.dataset == "visa") & (pixel.method == "visualad[dinov2]") & (pixel.metric == "pixel_aupro")].value.item() == 88.2

@@ -27,7 +27,7 @@ from ..data.loader import AnomalyDataset
 from ..data.mosaic import MosaicDataset
 from ..data.registry import read_dataset
 from ..errors import ConfigError, DataError, TrainingDiverged
-from ..methods import build_detector
+from ..methods import build_detector, method_spec
 from . import checkpoint as ckpt
 from .batches import collate, to_device
 from .feature_cache import shared_cache
@@ -74,8 +74,17 @@ def make_scheduler(optimizer, cfg: RunConfig, total_steps: int):
         progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    # a parameter group marked {"schedule": "constant"} keeps its lr (Bayes-PFL's stage-2 optimiser has no schedule)
-    factors = [(lambda step: 1.0) if g.get("schedule") == "constant" else factor for g in optimizer.param_groups]
+    def epoch_cosine(group: dict):
+        """torch's CosineAnnealingLR(T_max=epochs, eta_min=group["min_lr"]) stepped once per epoch (VisualAD)."""
+        base, floor, epochs = group["lr"], group["min_lr"], max(1, t.epochs)
+        steps_per_epoch = max(1, total_steps // epochs)
+        return lambda step: (floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * min(step // steps_per_epoch, epochs)
+                                                                           / epochs))) / base
+
+    # a parameter group marked {"schedule": "constant"} keeps its lr (Bayes-PFL's stage-2 optimiser has no schedule);
+    # one marked {"schedule": "epoch_cosine", "min_lr": x} follows epoch_cosine
+    factors = [(lambda step: 1.0) if g.get("schedule") == "constant" else epoch_cosine(g)
+               if g.get("schedule") == "epoch_cosine" else factor for g in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
@@ -194,6 +203,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
             loss.backward()
             if cfg.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.train.grad_clip)
+            detector.before_optimizer_step()
             optimizer.step()
             scheduler.step()
             state.global_step += 1
@@ -230,8 +240,17 @@ def _check_replicas_agree(detector) -> None:
 
 
 def load_trained(path: str | Path, device: str = "auto", overrides: RunConfig | None = None):
-    """Rebuild a detector from a checkpoint (its stored config decides the architecture)."""
-    payload = ckpt.load(path)
+    """Rebuild a detector from a checkpoint (its stored config decides the architecture; `overrides` gives the
+    evaluation and device settings). A file that is not an ssvp checkpoint is read with the `read_released` of
+    `overrides.method`, when that method has one (an authors' released checkpoint): the detector is then built from
+    `overrides` as a whole and the file's state loaded with strict key checks."""
+    try:
+        payload = ckpt.load(path)
+    except ckpt.CheckpointError as not_ssvp:
+        spec = method_spec(overrides.method) if overrides is not None else None
+        if spec is None or spec.read_released is None or not Path(path).is_file():
+            raise
+        return _load_released(Path(path), spec, overrides, device, not_ssvp)
     cfg = ckpt.config_of(payload)
     # the stored workspace may be another machine's: paths resolve in the caller's workspace
     cfg.workspace = overrides.workspace if overrides is not None else ""
@@ -239,6 +258,22 @@ def load_trained(path: str | Path, device: str = "auto", overrides: RunConfig | 
         cfg.eval, cfg.device = overrides.eval, overrides.device
     detector = build_detector(cfg)
     detector.load_trainable_state_dict(payload["trainable"])
+    return detector.to(resolve_device(device if device != "auto" else cfg.device)).eval(), cfg
+
+
+def _load_released(path: Path, spec, cfg: RunConfig, device: str, not_ssvp: Exception):
+    try:
+        state = spec.read_released(path)
+    except ckpt.CheckpointError as e:
+        raise ckpt.CheckpointError(f"{e} (read as an ssvp checkpoint: {not_ssvp})") from None
+    detector = build_detector(cfg)
+    try:
+        detector.load_trainable_state_dict(state)
+    except (ckpt.CheckpointError, RuntimeError) as e:
+        raise ckpt.CheckpointError(f"{path}: the released {spec.name} checkpoint does not fit the detector the "
+                                   f"{cfg.profile!r} profile builds ({e}). Choose the profile / --set options and "
+                                   "backbone settings the file was trained with.") from None
+    log.info("%s: released %s checkpoint, detector built from the %s profile", path, spec.name, cfg.profile)
     return detector.to(resolve_device(device if device != "auto" else cfg.device)).eval(), cfg
 
 

@@ -9,6 +9,7 @@
     anomalyclip   AnomalyCLIP, ICLR 2024                                 anomalyclip.py
     adaclip       AdaCLIP, ECCV 2024                                     adaclip.py
     bayes_pfl     Bayes-PFL, CVPR 2025                                   bayes_pfl.py
+    visualad      VisualAD, CVPR 2026 (language-free)                    visualad.py
     reference     (none: training-free pixel statistics, a floor)        reference.py
 """
 from __future__ import annotations
@@ -32,6 +33,10 @@ class MethodSpec:
     # train defaults that depend on the auxiliary (training) dataset, merged over `train_defaults` for that
     # `train.dataset`, e.g. APRIL-GAN: {"visa": {"epochs": 15}, "mvtec": {"epochs": 3, "mosaic": 0.2}}
     train_defaults_by_dataset: dict = field(default_factory=dict)
+    # reads the authors' own checkpoint file: (path: Path) -> state dict in the detector's trainable_state_dict()
+    # names, raising CheckpointError (naming the file and the fix) on a wrong or corrupt file; `ssvp eval/predict
+    # --checkpoint FILE` fall back to it when FILE is not an ssvp checkpoint
+    read_released: Any = None
 
     def options_from(self, data: dict | None) -> Any:
         return options_from(self.options, data, f"{self.name} options")
@@ -131,6 +136,22 @@ register(MethodSpec("bayes_pfl", BayesPFL, BayesPFLOptions, "Bayes-PFL (Qu et al
                     train_defaults={"epochs": 30, "batch_size": 32, "lr_prompt": 1e-3, "lr_head": 1e-4, "seed": 333},
                     eval_defaults={"sigma": 8.0, "seed": 333},
                     backbone_defaults={"clip": {"activation": "gelu"}, "precision": "fp32"}))
+from .visualad import VisualAD, VisualADOptions, read_released as read_released_visualad  # noqa: E402
+
+# VisualAD train.py / training_utils.py / scripts/CLIP.sh @8479132: AdamW(0.9, 0.999) weight decay 0.01, tokens 1e-3,
+# ln_post / SAF / SCA 1e-4, the per-epoch cosine of VisualADOptions.schedule, batch 8, seed 111; 15 epochs (train.py),
+# 1 on VisA and 2 on MVTec-AD (CLIP.sh); test.py smooths with sigma 4; CLIP in fp32 (the loader never converts it to
+# fp16) with the position embedding resized bilinearly in the forward pass. The DINOv2 variant (no released code):
+# timm's ViT-L/14 at 518 px, taps after blocks 6/12/18/24 (0-based 5/11/17/23)
+register(MethodSpec("visualad", VisualAD, VisualADOptions, "VisualAD (Hou et al., CVPR 2026)",
+                    train_defaults={"epochs": 15, "batch_size": 8, "lr_prompt": 1e-3, "lr_head": 1e-4, "optimizer": "adamw",
+                                    "betas": [0.9, 0.999], "weight_decay": 0.01, "seed": 111, **_CONSTANT},
+                    train_defaults_by_dataset={"visa": {"epochs": 1}, "mvtec": {"epochs": 2}},
+                    eval_defaults={"sigma": 4.0},
+                    backbone_defaults={"precision": "fp32", "clip": {"pos_embed_interpolation": "bilinear"},
+                                       "dino": {"model": "vit_large_patch14_dinov2", "pretrained": "lvd142m",
+                                                "image_size": 518, "layers": [5, 11, 17, 23]}},
+                    read_released=read_released_visualad))
 register(MethodSpec("reference", ReferenceScorer, ReferenceOptions, "training-free pixel statistics (no paper; a floor)"))
 
 __all__ = ["Detector", "Output", "MethodSpec", "REGISTRY", "register", "method_spec", "build_detector"]
