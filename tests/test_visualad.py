@@ -145,11 +145,12 @@ def test_released_settings_and_protocol():
         ("ViT-L-14-336-quickgelu", (6, 12, 18, 24), "bilinear")
     assert (cfg.backbone.dino.model, cfg.backbone.dino.image_size, cfg.backbone.dino.layers) == \
         ("vit_large_patch14_dinov2", 518, (5, 11, 17, 23))
-    from ssvp_core.reports import experiments
+    from ssvp_core.reports import Study
 
+    paper = Study("paper")
     for target in ("mvtec", "btad", "ksdd2", "dagm", "dtd", "mpdd"):
-        assert experiments.protocol_sources("paper", target, "visualad") == ["visa"], target
-    assert experiments.protocol_sources("paper", "visa", "visualad") == ["mvtec"]
+        assert paper.sources("visualad", target) == ["visa"], target
+    assert paper.sources("visualad", "visa") == ["mvtec"]
     assert method_spec("visualad").read_released is read_released
 
 
