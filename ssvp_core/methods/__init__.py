@@ -9,6 +9,7 @@
     anomalyclip   AnomalyCLIP, ICLR 2024                                 anomalyclip.py
     adaclip       AdaCLIP, ECCV 2024                                     adaclip.py
     bayes_pfl     Bayes-PFL, CVPR 2025                                   bayes_pfl.py
+    anomalyvfm    AnomalyVFM, CVPR 2026 (no text; trains a VFM's adapters) anomalyvfm.py
     reference     (none: training-free pixel statistics, a floor)        reference.py
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ class MethodSpec:
     # train defaults that depend on the auxiliary (training) dataset, merged over `train_defaults` for that
     # `train.dataset`, e.g. APRIL-GAN: {"visa": {"epochs": 15}, "mvtec": {"epochs": 3, "mosaic": 0.2}}
     train_defaults_by_dataset: dict = field(default_factory=dict)
+    read_released: Any = None
 
     def options_from(self, data: dict | None) -> Any:
         return options_from(self.options, data, f"{self.name} options")
@@ -131,6 +133,22 @@ register(MethodSpec("bayes_pfl", BayesPFL, BayesPFLOptions, "Bayes-PFL (Qu et al
                     train_defaults={"epochs": 30, "batch_size": 32, "lr_prompt": 1e-3, "lr_head": 1e-4, "seed": 333},
                     eval_defaults={"sigma": 8.0, "seed": 333},
                     backbone_defaults={"clip": {"activation": "gelu"}, "precision": "fp32"}))
+from .anomalyvfm import AnomalyVFM, AnomalyVFMOptions, read_released as anomalyvfm_released  # noqa: E402
+
+# AnomalyVFM train.py / test.py @4da96b4: AdamW (default betas) lr 1e-4, weight decay 0.01, no schedule, batch 32
+# (8 x 4 accumulation), seed 12, 500 steps for its DINOv3 (200 RADIO, 300 SigLIP2); fp32 training; the backbone
+# trains (adapters), so gradients cross it: checkpointing keeps batch 32 at 768 px in memory; its own 5x5 mean filter
+# instead of Gaussian smoothing; released weight files read by `read_released` (anomalyvfm_release.py)
+register(MethodSpec("anomalyvfm", AnomalyVFM, AnomalyVFMOptions, "AnomalyVFM (Fučka et al., CVPR 2026)",
+                    train_defaults={"steps": 500, "batch_size": 32, "lr_head": 1e-4, "optimizer": "adamw",
+                                    "betas": [0.9, 0.999], "weight_decay": 0.01, "seed": 12, "grad_checkpointing": True,
+                                    **_CONSTANT},
+                    eval_defaults={"sigma": 0.0},
+                    backbone_defaults={"dino": {"model": "vit_large_patch16_dinov3", "pretrained": "lvd1689m",
+                                                "image_size": 768},
+                                       "clip": {"pos_embed_interpolation": "bicubic_no_antialias"},
+                                       "precision": "fp32"},
+                    read_released=anomalyvfm_released))
 register(MethodSpec("reference", ReferenceScorer, ReferenceOptions, "training-free pixel statistics (no paper; a floor)"))
 
 __all__ = ["Detector", "Output", "MethodSpec", "REGISTRY", "register", "method_spec", "build_detector"]
