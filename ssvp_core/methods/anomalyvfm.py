@@ -65,7 +65,7 @@ VFM_SETTINGS = {
     "siglip2": {"backbone.dino.model": "naflexvit_so400m_patch16_siglip", "backbone.dino.pretrained": "v2_webli",
                 "backbone.dino.image_size": 768, "train.steps": 300},
     "radio": {"backbone.dino.model": "vit_large_patch16_radio_v3", "backbone.dino.pretrained": "none",
-              "backbone.dino.image_size": 768, "backbone.dino.kwargs": "{init_values: null}", "train.steps": 200},
+              "backbone.dino.image_size": 768, "backbone.dino.kwargs": "{init_values: 0}", "train.steps": 200},
 }
 # what the timm model name must contain for each family
 TIMM_NAME_MARK = {"dinov3": "dinov3", "dinov2": "dinov2", "siglip2": "siglip", "radio": "radio"}
@@ -89,6 +89,9 @@ class AnomalyVFMOptions:
     confidence_weight: float = 0.1  # train.py `alpha`
     prob_clip: tuple[float, float] = (0.1, 0.9)  # the L1 term's clamp of sigmoid(mask logit)
     dinov3_rope_rescale: float = 2.0  # train-mode RoPE coordinate rescaling of the hub DINOv3 (1 = off)
+    # images per backbone forward in training while DINOv3's rescaling is on: the release's micro-batch (train.py
+    # --batch-size 32 / --accumulation-steps 4), each of which draws its own rescalings; 0 = the whole batch at once
+    forward_chunk: int = 8
     # how RADIO's 128x128 position embedding reaches the grid: bilinear (NVlabs' torch.hub code, which test.py and
     # therefore the published numbers used) or bicubic (the release's radio_local.py behind hubconf / Hugging Face)
     radio_pos_embed: Literal["bilinear", "bicubic"] = "bilinear"
@@ -217,6 +220,14 @@ class AnomalyVFM(Detector):
     # --- backbone ------------------------------------------------------------------------------------------------
     def features(self, images01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images in [0, 1] at the backbone's size -> (summary (B, S), patch tokens (B, h*w, D))."""
+        chunk = self.options.forward_chunk
+        augmented = self.options.vfm == "dinov3" and self.training and self.vfm.model.rope.aug_active
+        if augmented and 0 < chunk < images01.shape[0]:
+            parts = [self._features(x) for x in images01.split(chunk)]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return self._features(images01)
+
+    def _features(self, images01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         checkpointing = getattr(self, "grad_checkpointing", False) and self.training and torch.is_grad_enabled()
         with autocast_context(images01.device, self.backbone_cfg.precision):
             if self.options.vfm == "clip":

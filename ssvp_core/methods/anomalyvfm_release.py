@@ -171,6 +171,18 @@ def _adapter_names(adapters: dict, family: str, path: Path) -> dict[str, torch.T
     return ours
 
 
+def trainable_name(section: str, name: str, family: str) -> str | None:
+    """Our name of one of their trainable tensors: section "model" (without `net.`), "decoder" or "predictor";
+    None for SigLIP2's inert pooling-head adapter."""
+    where = Path("their names")
+    if section == "decoder":
+        return next(iter(_decoder_names({name: None}, where)))
+    if section == "predictor":
+        return {"lin.weight": "score_head.weight", "lin.bias": "score_head.bias"}[name]
+    mapped = _adapter_names({name: None}, family, where)
+    return next(iter(mapped)) if mapped else None
+
+
 def released_peft(state: dict[str, torch.Tensor]) -> tuple[str, int] | None:
     """(kind, rank) of the adapters in a state dict of our names, None when it holds none."""
     ranks = [v.shape[0] for k, v in state.items() if k.endswith((".lora_a", ".lora_a_q"))]
@@ -321,11 +333,14 @@ def _clip_to_open_clip(released: dict, detector) -> dict:
 
 
 def _siglip2_to_timm(released: dict, detector) -> dict:
-    """transformers' Siglip2VisionTransformer -> timm's NaFlexVit (the 16x16 position grid is resized per forward,
-    bilinear and antialiased, by both)."""
+    """transformers' Siglip2VisionTransformer -> timm's NaFlexVit: both keep the 16x16 position grid and resize it
+    to the input's grid in every forward (bilinear, antialiased, align_corners=False)."""
     pos = released["embeddings.position_embedding.weight"]
-    side = int(round(pos.shape[0] ** 0.5))
-    width = pos.shape[1]
+    width, side = pos.shape[1], int(round(pos.shape[0] ** 0.5))
+    grid = tuple(detector.vfm.model.embeds.pos_embed.shape[1:3])
+    if grid != (side, side):
+        raise CheckpointError(f"the released SigLIP2 stores a {side}x{side} position grid, the timm model {grid[0]}x"
+                              f"{grid[1]}: set backbone.dino.kwargs={{pos_embed_grid_size: [{side}, {side}]}}")
     out = {"embeds.proj.weight": released["embeddings.patch_embedding.weight"],
            "embeds.proj.bias": released["embeddings.patch_embedding.bias"],
            "embeds.pos_embed": pos.reshape(1, side, side, width),
