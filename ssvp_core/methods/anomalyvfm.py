@@ -36,6 +36,7 @@ Released weights: `read_released` (anomalyvfm_release.py) reads the authors' `mo
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -181,7 +182,8 @@ class AnomalyVFM(Detector):
         if o.mean_kernel < 1 or o.mean_kernel % 2 == 0:
             raise ConfigError(f"anomalyvfm options.mean_kernel={o.mean_kernel}: must be odd (5 as released; 1 = off)")
         if o.vfm == "clip":
-            self.vfm = ClipBackbone(backbone.clip)  # private: the adapters run inside its blocks
+            # a private copy, the adapters run inside its blocks; no taps (`layers`): only the last block is read
+            self.vfm = ClipBackbone(dataclasses.replace(backbone.clip, layers=()))
             self.clip_adapters = nn.ModuleList(ClipBlockAdapters(blk.attn, o.peft, o.rank, o.alpha)
                                                for blk in self.vfm.blocks)
             self.input_size = backbone.clip.image_size
@@ -191,7 +193,7 @@ class AnomalyVFM(Detector):
             if mark not in backbone.dino.model.lower():
                 raise ConfigError(f"anomalyvfm options.vfm={o.vfm} but backbone.dino.model={backbone.dino.model!r} is "
                                   f"not a {o.vfm} model; set {' '.join(vfm_overrides(o.vfm))}")
-            self.vfm = AuxBackbone(backbone.dino)
+            self.vfm = AuxBackbone(dataclasses.replace(backbone.dino, layers=()))
             install_timm_adapters(self.vfm.model, o.peft, o.rank, o.alpha)
             if o.vfm == "dinov3":
                 self._configure_dinov3_rope()
