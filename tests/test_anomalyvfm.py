@@ -194,3 +194,14 @@ def test_epoch_counted_runs_keep_their_fingerprints():
     d["backbone"].pop("compile")
     assert cfg.fingerprint() == hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
     assert smoke_config("aprilgan", "train.steps=3").fingerprint() != cfg.fingerprint()
+
+
+def test_dinov3_rope_periods_are_rounded_as_metas_checkpoint_holds_them():
+    """DINOv3's RoPE periods 100^(2k / (head_dim / 2)): Meta's checkpoint (which the release loads) stores them
+    rounded through bf16, timm recomputes them in float32; `options.dinov3_rope_periods` picks."""
+    rounded = build_detector(smoke_config("anomalyvfm")).vfm.model.rope.periods
+    exact = build_detector(smoke_config("anomalyvfm", "options.dinov3_rope_periods=fp32")).vfm.model.rope.periods
+    head_dim = 64 // 2  # the smoke backbone: width 64, 2 heads
+    formula = 100.0 ** (2 * torch.arange(head_dim // 4, dtype=torch.float64) / (head_dim // 2))
+    assert torch.allclose(exact.double(), formula, rtol=1e-6)
+    assert torch.equal(rounded, formula.to(torch.bfloat16).float()) and not torch.equal(rounded, exact)

@@ -90,6 +90,9 @@ class AnomalyVFMOptions:
     confidence_weight: float = 0.1  # train.py `alpha`
     prob_clip: tuple[float, float] = (0.1, 0.9)  # the L1 term's clamp of sigmoid(mask logit)
     dinov3_rope_rescale: float = 2.0  # train-mode RoPE coordinate rescaling of the hub DINOv3 (1 = off)
+    # RoPE periods: rounded through bf16 as Meta's checkpoint stores them (what the release's hub model loaded), or
+    # timm's float32 values; a released file's own periods replace either
+    dinov3_rope_periods: Literal["bf16", "fp32"] = "bf16"
     # images per backbone forward in training while DINOv3's rescaling is on: the release's micro-batch (train.py
     # --batch-size 32 / --accumulation-steps 4), each of which draws its own rescalings; 0 = the whole batch at once
     forward_chunk: int = 8
@@ -213,6 +216,9 @@ class AnomalyVFM(Detector):
             raise ConfigError(f"anomalyvfm options.dinov3_rope_rescale={rescale}: a factor >= 1 (1 = off)")
         rope.rescale_coords = rescale if rescale > 1 else None
         rope.aug_active = rescale > 1 or rope.shift_coords is not None or rope.jitter_coords is not None
+        if self.options.dinov3_rope_periods == "bf16":
+            with torch.no_grad():
+                rope.periods.copy_(rope.periods.to(torch.bfloat16).float())
 
     cacheable = False  # the adapters change the backbone's features
 
