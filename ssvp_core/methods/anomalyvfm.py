@@ -6,10 +6,12 @@
               norm where the model has one (DINOv2/v3 `x_norm_*`, SigLIP2 `last_hidden_state`), before any (CLIP
               `last_hidden_state`, RADIO). Runs in the detector's train/eval mode, as the release's `model.train()`:
               for DINOv3 this turns on the hub model's RoPE coordinate rescaling (log-uniform in [1/2, 2], drawn anew
-              for every block, `pos_embed_rope_rescale_coords=2`)
+              for every block and every micro-batch of 8, `pos_embed_rope_rescale_coords=2`), whose periods Meta's
+              checkpoint holds rounded through bf16
     adapters  DoRA (train.py default `--peft-type dora`; LoRA a switch) of rank 64 and alpha 1 (scale 1/64) in every
               attention block: the q and v thirds of the qkv projection and the output projection (peft_func.py;
-              CLIP and SigLIP2 have separate q_proj / v_proj / out_proj, the same maps); methods/adapters.py
+              CLIP and SigLIP2 have separate q_proj / v_proj / out_proj, the same maps; the one their code also puts
+              on SigLIP2's pooling head never acts and is left out); methods/adapters.py
     decoder   two 3x3 conv + GroupNorm(32) + ReLU at the backbone width, one up block (nearest x2, two 3x3 conv + GN +
               ReLU at half the width), 1x1 heads for mask logits and confidence (decoder.py, num_up_layers = 1)
     score     sigmoid(Linear(summary)): the final normed CLS (DINOv2/v3), the last block's CLS (CLIP), the attention-
