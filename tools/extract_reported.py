@@ -1,7 +1,10 @@
-"""Build ssvp_core/reports/data/reported.csv from the transcribed paper tables in ../shared/papers/*.md.
+"""Build ssvp_core/reports/data/reported.csv from the transcribed paper tables in ../shared/papers/*.md and from
+AnomalyVFM's published result files.
 
-Run once when the transcriptions change: `python tools/extract_reported.py ../shared/papers`. Each row keeps its
-source (paper, table, row, column); values are in percent as printed (Table 4 is in raw units).
+Run once when the transcriptions change: `python tools/extract_reported.py ../shared/papers [ANOMALYVFM_CHECKOUT]`.
+ANOMALYVFM_CHECKOUT is a checkout of MaticFuc/AnomalyVFM (its README.md and results/<backbone>/<group>/<dataset>/
+result.csv); without it the AnomalyVFM rows already in the CSV are kept. Each row keeps its source (paper, table,
+row, column); values are in percent as printed (Table 4 is in raw units; AnomalyVFM's fractions are scaled by 100).
 """
 from __future__ import annotations
 
@@ -163,9 +166,69 @@ def visualad_rows() -> list[dict]:
     return rows
 
 
-def main(papers: Path) -> None:
+ANOMALYVFM_COMMIT = "4da96b4"
+# AnomalyVFM's dataset folder names -> the kit's (unknown to the kit: their name, hyphenated)
+ANOMALYVFM_DATASETS = {"mvtec_ad": "mvtec", "real_iad": "real-iad", "cvc_colondb": "colondb", "cvc_clinicdb": "clinicdb",
+                       "thyro": "tn3k", "real_iad_3d": "real-iad-d3"}
+ANOMALYVFM_METRICS = {"AUROC-IMG": "image_auroc", "F1-IMG": "image_f1_max", "AP-IMG": "image_ap",
+                      "AUROC-PIXEL": "pixel_auroc", "F1-PIXEL": "pixel_f1_max", "AP-PIXEL": "pixel_ap",
+                      "AUPRO-0.3": "pixel_aupro"}
+ANOMALYVFM_README_TABLES = {"Industiral datasets": ("industrial", ["image_auroc", "image_f1_max", "image_ap", "pixel_auroc",
+                                                                  "pixel_f1_max", "pixel_ap", "pixel_aupro"]),
+                            "Medical datasets - Image level": ("medical image", ["image_auroc", "image_f1_max", "image_ap"]),
+                            "Medical datasets - Pixel level": ("medical pixel", ["pixel_auroc", "pixel_f1_max", "pixel_ap",
+                                                                                 "pixel_aupro"])}
+PER_CLASS = ("mvtec", "visa")  # per-class rows kept for these; every other dataset by its mean
+
+
+def anomalyvfm_rows(repo: Path) -> list[dict]:
+    """AnomalyVFM's per-backbone results: results/<backbone>/<group>/<dataset>/result.csv (fractions; a class row per
+    category and an `Average` row; the metrics of the level a set has no labels for are written as 0 and skipped)
+    and the README's three average tables (industrial: MVTec-AD, VisA, Real-IAD, MPDD, BTAD, KSDD, KSDD2, DTD, DAGM;
+    medical image level; medical pixel level)."""
+    rows = []
+    for path in sorted((repo / "results").glob("*/*/*/result.csv")):
+        backbone, group, name = path.parts[-4], path.parts[-3], path.parts[-2]
+        dataset = ANOMALYVFM_DATASETS.get(name, name.replace("_", "-"))
+        skip = {"medical_image": "pixel_", "medical_pixel": "image_"}.get(group, "-")
+        with path.open() as f:
+            for record in csv.DictReader(f):
+                cls = "mean" if record["Category"] == "Average" else record["Category"]
+                if cls != "mean" and dataset not in PER_CLASS:
+                    continue
+                for column, metric in ANOMALYVFM_METRICS.items():
+                    if metric.startswith(skip):
+                        continue
+                    rows.append(dict(paper="AnomalyVFM", table=f"results ({backbone})", dataset=dataset, cls=cls,
+                                     method=f"anomalyvfm[{backbone}]", metric=metric,
+                                     value=round(100 * float(record[column]), 4), std="",
+                                     source=f"MaticFuc/AnomalyVFM@{ANOMALYVFM_COMMIT} results/{backbone}/{group}/{name}/"
+                                            f"result.csv, row {record['Category']}, column {column}"))
+    readme = (repo / "README.md").read_text()
+    for heading, (label, metrics) in ANOMALYVFM_README_TABLES.items():
+        block = readme[readme.index(heading):]
+        table = tables(f"## x\n{block}", "## x")[0]
+        for r in table[1:]:
+            backbone = r[0].strip("*").lower()
+            for metric, cell in zip(metrics, r[-len(metrics):]):
+                rows.append(dict(paper="AnomalyVFM", table=f"README ({label})", dataset="average", cls="mean",
+                                 method=f"anomalyvfm[{backbone}]", metric=metric, value=float(cell), std="",
+                                 source=f"MaticFuc/AnomalyVFM@{ANOMALYVFM_COMMIT} README.md table '{heading}', "
+                                        f"row {r[0].strip('*')}"))
+    return rows
+
+
+def kept_rows(paper: str) -> list[dict]:
+    if not OUT.is_file():
+        return []
+    with OUT.open() as f:
+        return [r for r in csv.DictReader(f) if r["paper"] == paper]
+
+
+def main(papers: Path, anomalyvfm: Path | None = None) -> None:
     rows = (ssvp_rows((papers / "SSVP.md").read_text()) + vip2_rows((papers / "ViP2-CLIP.md").read_text()) + dapo_rows()
             + visualad_rows())
+    rows += anomalyvfm_rows(anomalyvfm) if anomalyvfm else kept_rows("AnomalyVFM")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     with OUT.open("w", newline="") as f:
         w = csv.DictWriter(f, FIELDS)
@@ -175,4 +238,4 @@ def main(papers: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/papers"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/papers"), Path(sys.argv[2]) if len(sys.argv) > 2 else None)

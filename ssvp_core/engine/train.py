@@ -1,6 +1,7 @@
 """Training on the auxiliary dataset's test split (the papers' zero-shot protocol).
 
-Determinism and resume: the data order of epoch e is a permutation drawn from a generator seeded with
+Length: `train.epochs` passes over the data, or exactly `train.steps` optimiser steps when that is set (the passes
+it needs, the last one cut short; AnomalyVFM counts steps). Determinism and resume: the data order of epoch e is a permutation drawn from a generator seeded with
 (seed, e), and the global RNG is reseeded from (seed, step, rank) before every step, so a run resumed from a
 mid-epoch checkpoint draws exactly the same batches and noise as an uninterrupted run and ends with the same
 parameters. Optimiser: Adam(betas 0.5, 0.999) with per-group learning rates (prompts / heads / temperatures),
@@ -88,6 +89,16 @@ def make_scheduler(optimizer, cfg: RunConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
+def planned_length(cfg: RunConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(epochs to run, optimiser steps in all): `train.epochs` full passes, or exactly `train.steps` steps when set,
+    the last epoch cut short."""
+    if cfg.train.steps < 0:
+        raise ConfigError(f"train.steps={cfg.train.steps}: must be >= 0 (0 = train.epochs full passes)")
+    if cfg.train.steps:
+        return math.ceil(cfg.train.steps / steps_per_epoch), cfg.train.steps
+    return cfg.train.epochs, steps_per_epoch * cfg.train.epochs
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     g = torch.Generator().manual_seed(seed * 1_000 + epoch)
     return torch.randperm(n, generator=g).tolist()
@@ -141,7 +152,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
     if batch_size % info.world:
         raise ConfigError(f"train.batch_size={batch_size} must be divisible by the number of processes ({info.world})")
     steps_per_epoch = math.ceil(len(samples) / batch_size)
-    total_steps = steps_per_epoch * cfg.train.epochs
+    epochs, total_steps = planned_length(cfg, steps_per_epoch)
     optimizer = make_optimizer(detector, cfg)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
     state = ckpt.TrainState()
@@ -172,14 +183,16 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
     detector.train()
     bar = progress_bars.bar(total=total_steps, initial=state.global_step, desc=f"train {cfg.method}", unit="step",
                             disable=not (progress and info.main))
-    while not state.complete and state.epoch < cfg.train.epochs:
-        detector.start_epoch(state.epoch, cfg.train.epochs)
+    while not state.complete and state.epoch < epochs:
+        detector.start_epoch(state.epoch, epochs)
         order = epoch_order(len(samples), cfg.train.seed, state.epoch)
         if isinstance(dataset, MosaicDataset):
             dataset.epoch = state.epoch
         first = state.step_in_epoch
         # each rank takes an interleaved slice of every global batch; resuming skips the batches already done
-        batches = [order[s * batch_size:(s + 1) * batch_size][info.rank::info.world] for s in range(first, steps_per_epoch)]
+        # a step-counted run (train.steps) stops inside its last epoch
+        last = min(steps_per_epoch, total_steps - state.epoch * steps_per_epoch)
+        batches = [order[s * batch_size:(s + 1) * batch_size][info.rank::info.world] for s in range(first, last)]
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=cfg.train.num_workers,
                                              collate_fn=collate, persistent_workers=False)
         for step, batch in enumerate(loader, start=first):
@@ -217,7 +230,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
                 ckpt.save(path, detector, optimizer, scheduler, state, cfg)
         state.epoch += 1
         state.step_in_epoch = 0
-        state.complete = state.epoch >= cfg.train.epochs
+        state.complete = state.epoch >= epochs
         if info.main:
             ckpt.save(path, detector, optimizer, scheduler, state, cfg)
         barrier(info)

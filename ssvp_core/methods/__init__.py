@@ -10,6 +10,7 @@
     adaclip       AdaCLIP, ECCV 2024                                     adaclip.py
     bayes_pfl     Bayes-PFL, CVPR 2025                                   bayes_pfl.py
     visualad      VisualAD, CVPR 2026 (language-free)                    visualad.py
+    anomalyvfm    AnomalyVFM, CVPR 2026 (no text; trains a VFM's adapters) anomalyvfm.py
     reference     (none: training-free pixel statistics, a floor)        reference.py
 """
 from __future__ import annotations
@@ -152,6 +153,22 @@ register(MethodSpec("visualad", VisualAD, VisualADOptions, "VisualAD (Hou et al.
                                        "dino": {"model": "vit_large_patch14_dinov2", "pretrained": "lvd142m",
                                                 "image_size": 518, "layers": [5, 11, 17, 23]}},
                     read_released=read_released_visualad))
+from .anomalyvfm import AnomalyVFM, AnomalyVFMOptions, read_released as anomalyvfm_released  # noqa: E402
+
+# AnomalyVFM train.py / test.py @4da96b4: AdamW (default betas) lr 1e-4, weight decay 0.01, no schedule, batch 32
+# (8 x 4 accumulation), seed 12, 500 steps for its DINOv3 (200 RADIO, 300 SigLIP2); fp32 training; the backbone
+# trains (adapters), so gradients cross it: checkpointing keeps batch 32 at 768 px in memory; its own 5x5 mean filter
+# instead of Gaussian smoothing; released weight files read by `read_released` (anomalyvfm_release.py)
+register(MethodSpec("anomalyvfm", AnomalyVFM, AnomalyVFMOptions, "AnomalyVFM (Fučka et al., CVPR 2026)",
+                    train_defaults={"steps": 500, "batch_size": 32, "lr_head": 1e-4, "optimizer": "adamw",
+                                    "betas": [0.9, 0.999], "weight_decay": 0.01, "seed": 12, "grad_checkpointing": True,
+                                    **_CONSTANT},
+                    eval_defaults={"sigma": 0.0},
+                    backbone_defaults={"dino": {"model": "vit_large_patch16_dinov3", "pretrained": "lvd1689m",
+                                                "image_size": 768},
+                                       "clip": {"pos_embed_interpolation": "bicubic_no_antialias"},
+                                       "precision": "fp32"},
+                    read_released=anomalyvfm_released))
 register(MethodSpec("reference", ReferenceScorer, ReferenceOptions, "training-free pixel statistics (no paper; a floor)"))
 
 __all__ = ["Detector", "Output", "MethodSpec", "REGISTRY", "register", "method_spec", "build_detector"]
