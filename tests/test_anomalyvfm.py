@@ -186,7 +186,7 @@ def test_epoch_counted_runs_keep_their_fingerprints():
     import json
 
     d = cfg.to_dict()
-    for key in ("eval", "device", "out_dir", "profile"):
+    for key in ("eval", "device", "out_dir", "profile", "workspace"):
         d.pop(key)
     for key in ("num_workers", "checkpoint_every", "feature_cache", "feature_cache_dir", "feature_cache_ram_gb",
                 "feature_cache_max_gb", "extra", "steps"):
