@@ -221,3 +221,36 @@ def test_released_weights_for_another_backbone_or_adapter_say_which_settings_fit
 
 def test_anomalyvfm_registers_the_reader():
     assert method_spec("anomalyvfm").read_released is read_released
+
+
+def test_released_file_through_cli_eval(fixture, synth_root, tmp_path):
+    """`ssvp eval --method anomalyvfm --checkpoint model.pkl`, with the --set options of the file's backbone (here the
+    tiny DINOv2 the fixture's file holds, as README "Bringing weights" sets them for a real one), evaluates the
+    detector `read_released` fills: the same metrics as loading the file by hand, and not the untrained ones."""
+    import pandas as pd
+
+    from ssvp_core.cli import main
+    from ssvp_core.config import load_config
+    from ssvp_core.engine.infer import evaluate
+    from ssvp_core.methods import build_detector
+    from ssvp_core.metrics import wide
+
+    path = write_pkl(tmp_path / "model.pkl", release(fixture, "dinov2"))
+    sets = ["options.vfm=dinov2", "options.peft=dora", "options.rank=8", "image_size=112",
+            "backbone.dino.model=vit_small_patch14_reg4_dinov2", "backbone.dino.pretrained=none",
+            "backbone.dino.image_size=112", "backbone.dino.layers=[0]",
+            "backbone.dino.kwargs={embed_dim: 64, depth: 2, num_heads: 2}"]
+    csv = tmp_path / "released.csv"
+    assert main(["eval", "--method", "anomalyvfm", "--profile", "smoke", "--checkpoint", str(path), "--eval-on",
+                 f"synth-b={synth_root / 'synth-b'}", "--out", str(csv), "--quiet"]
+                + [a for s in sets for a in ("--set", s)]) == 0
+    target = f"eval.datasets=[{{name: synth-b, root: '{synth_root / 'synth-b'}'}}]"
+    cfg = load_config("smoke", "anomalyvfm", sets + [target])
+    det = build_detector(cfg)
+    untrained = evaluate(det.eval(), cfg.eval.datasets[0], cfg, progress=False).metrics
+    det.load_trainable_state_dict(read_released(path))
+    reference = evaluate(det.eval(), cfg.eval.datasets[0], cfg, progress=False).metrics
+    merged = pd.read_csv(csv).merge(reference, on=["dataset", "cls", "metric"], suffixes=("_cli", "_ref"))
+    assert len(merged) == len(reference) > 0
+    np.testing.assert_allclose(merged.value_cli, merged.value_ref, rtol=1e-6, atol=1e-9)
+    assert not np.allclose(wide(reference).pixel_auroc, wide(untrained).pixel_auroc)
