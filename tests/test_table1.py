@@ -95,3 +95,15 @@ def test_protocol_table_counts_anomalyvfm_in_steps():
     epochs = frame.set_index("method")["epochs"]
     assert epochs["anomalyvfm"] == "2 steps" and epochs["ssvp"] != "2 steps"
     assert pd.api.types.is_scalar(epochs["ssvp"])
+
+
+def test_protocol_table_names_the_backbone_the_options_choose():
+    """VisualAD builds CLIP (or DINOv2 with options.backbone=dinov2), AnomalyVFM the backbone of options.vfm."""
+    def backbones(method, *overrides):
+        study = Study("smoke", overrides=overrides)
+        row = study.protocol_table(tables.table1_jobs(study, None, [method])).iloc[0]
+        return row["CLIP"] != "—", row["auxiliary backbone"] != "—"
+
+    assert backbones("visualad") == (True, False) and backbones("anomalyvfm") == (False, True)
+    assert backbones("visualad", "options.backbone=dinov2") == (False, True)
+    assert backbones("anomalyvfm", "options.vfm=clip") == (True, False)

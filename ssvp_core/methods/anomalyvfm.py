@@ -181,6 +181,10 @@ def install_timm_adapters(model: nn.Module, kind: str, rank: int, alpha: float) 
 class AnomalyVFM(Detector):
     name = "anomalyvfm"
 
+    @classmethod
+    def backbones_used(cls, options) -> tuple[str, ...]:
+        return ("clip",) if options.vfm == "clip" else ("dino",)
+
     def __init__(self, options: AnomalyVFMOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
         o = self.options

@@ -157,6 +157,10 @@ class VisualAD(Detector):
     name = "visualad"
     cacheable = False  # the tokens attend to the patches inside the frozen ViT: no feature is independent of them
 
+    @classmethod
+    def backbones_used(cls, options) -> tuple[str, ...]:
+        return ("clip",) if options.backbone == "clip" else ("dino",)
+
     def __init__(self, options: VisualADOptions, backbone, image_size: int):
         super().__init__(options, backbone, image_size)
         o = self.options

@@ -483,7 +483,8 @@ class Study:
         for model in models_of(jobs):
             cfg = self.config(model)
             trainable = method_spec(model.method).trainable
-            uses = method_spec(model.method).cls.uses_backbones
+            spec = method_spec(model.method)
+            uses = spec.cls.backbones_used(spec.options_from(cfg.options))
             b = cfg.backbone
             rows.append({"method": model.method, "label": model.label,
                          "trained on": self.trained_on(model.method, model.target), "evaluated on": model.target,
