@@ -74,7 +74,8 @@ def measure(profile: str, methods: list[str], device: str = "cpu", repeats: int 
     return pd.DataFrame(rows)
 
 
-DEFAULT_METHODS = ["winclip", "aprilgan", "anomalyclip", "adaclip", "bayes_pfl", "vip2clip", "dapo", "ssvp"]
+DEFAULT_METHODS = ["winclip", "aprilgan", "anomalyclip", "adaclip", "bayes_pfl", "vip2clip", "dapo", "visualad",
+                   "anomalyvfm", "ssvp"]
 
 
 def measure_study(study, methods: list[str] | None = None, device: str = "auto") -> pd.DataFrame:

@@ -9,7 +9,9 @@ the jobs it reads (`tables.*_jobs`); the notebook runs them through `Study.train
 each, and then assembles its tables from the cached results.
 
 Protocol. Each method's own paper decides the auxiliary dataset of every target (preset `protocol`: SSVP trains on
-VisA for every target but VisA, AnomalyCLIP-style papers on MVTec-AD for every target but MVTec-AD).
+VisA for every target but VisA, AnomalyCLIP-style papers on MVTec-AD for every target but MVTec-AD). Where a paper's
+published numbers come from other data than any rule can give (AnomalyVFM's synthetic set), its entry in the paper
+preset says so (`published_training`), and the tables name both: what trained our model, what trained theirs.
 
 Caches. A model is trained once per configuration (`runs/<profile>/<method>/<fingerprint>/`, the engine's run
 folder and its lock) and evaluated once per (model, target, evaluation settings) (`.../eval/<target>-<digest>.pkl`).
@@ -79,6 +81,41 @@ class Evaluation:
         return float(rows.value.iloc[0]) if len(rows) else float("nan")
 
 
+def protocol_of(spec, profile: str, method: str | None = None) -> dict:
+    """{"source", "rules": [{"train": [names], "eval": [names or "*"]}], "published_training"} of a preset's
+    `protocol`: either one rule list for every method (smoke) or a mapping method -> {source, rules,
+    published_training} with a `default` entry (paper, rehearsal: each paper's own auxiliary data, see paper.yaml).
+    `published_training` says what produced the paper-reported numbers: "auxiliary" (the rules; the default) or
+    "synthetic" (AnomalyVFM)."""
+    if isinstance(spec, dict):
+        entry = spec.get(method) or spec.get("default")
+        if entry is None:
+            raise ConfigError(f"profile {profile!r} has no protocol for method {method!r} and no `default` "
+                              "under `protocol:`")
+        source, rules = entry.get("source", ""), entry.get("rules") or []
+        published = entry.get("published_training", "auxiliary")
+    else:
+        source, rules, published = "", spec, "auxiliary"
+    if published not in ("auxiliary", "synthetic"):
+        raise ConfigError(f"profile {profile!r}, protocol of {method!r}: published_training={published!r}; use "
+                          "auxiliary or synthetic")
+    rules = [{"train": [r["train"]] if isinstance(r["train"], str) else list(r["train"]), "eval": list(r["eval"])}
+             for r in rules]
+    return {"source": source, "rules": rules, "published_training": published}
+
+
+def rule_sources(rules: list[dict], target: str, profile: str, method: str | None) -> list[str]:
+    """The training datasets of the rule naming `target`, else of the wildcard rule."""
+    for rule in rules:
+        if target in rule["eval"]:
+            return rule["train"]
+    for rule in rules:
+        if WILDCARD in rule["eval"]:
+            return rule["train"]
+    raise ConfigError(f"profile {profile!r} has no protocol rule for target {target!r} and method {method!r}; "
+                      "add it under `protocol:`")
+
+
 def models_of(jobs) -> list[Model]:
     """The models behind a list of jobs (Model or EvalJob), in order, without repeats."""
     return list(dict.fromkeys(j.model if isinstance(j, EvalJob) else j for j in jobs))
@@ -133,41 +170,34 @@ class Study:
         return (self.section("paper_alias") or {}).get(name, name)
 
     def protocol(self, method: str | None = None) -> dict:
-        """{"source": where the mapping comes from, "rules": [{"train": [names], "eval": [names or "*"]}]}.
-
-        The preset's `protocol` is either one rule list for every method (smoke) or a mapping method -> {source,
-        rules} with a `default` entry (paper, rehearsal: each paper's own auxiliary data, see paper.yaml)."""
-        spec = self.section("protocol") or []
-        if isinstance(spec, dict):
-            entry = spec.get(method) or spec.get("default")
-            if entry is None:
-                raise ConfigError(f"profile {self.profile!r} has no protocol for method {method!r} and no `default` "
-                                  "under `protocol:`")
-            source, rules = entry.get("source", ""), entry.get("rules") or []
-        else:
-            source, rules = "", spec
-        rules = [{"train": [r["train"]] if isinstance(r["train"], str) else list(r["train"]), "eval": list(r["eval"])}
-                 for r in rules]
-        return {"source": source, "rules": rules}
+        """{"source": where the mapping comes from, "rules": [{"train": [names], "eval": [names or "*"]}]} (see
+        `protocol_of`)."""
+        return protocol_of(self.section("protocol") or [], self.profile, method)
 
     def sources(self, method: str, target: str) -> list[str]:
         """The auxiliary (training) datasets behind `method`'s numbers on `target`: a rule naming the target wins over
         a wildcard rule."""
-        rules = self.protocol(method)["rules"]
-        for rule in rules:
-            if target in rule["eval"]:
-                return rule["train"]
-        for rule in rules:
-            if WILDCARD in rule["eval"]:
-                return rule["train"]
-        raise ConfigError(f"profile {self.profile!r} has no protocol rule for target {target!r} and method {method!r}; "
-                          "add it under `protocol:`")
+        return rule_sources(self.protocol(method)["rules"], target, self.profile, method)
 
     def trained_on(self, method: str, target: str) -> str:
         """What the report says produced a number: "visa", "mvtec+colondb", or "none" for training-free methods."""
         if not method_spec(method).trainable:
             return "none (training-free)"
         return "+".join(self.sources(method, target))
+
+    @staticmethod
+    def published_trained_on(method: str, dataset: str) -> str:
+        """What produced `method`'s published number on the paper dataset `dataset` (reported.csv), from the paper
+        preset whatever this study's profile: its paper's protocol rule (an auxiliary dataset's test split),
+        "synthetic" where that protocol entry says `published_training: synthetic` (AnomalyVFM's FLUX-generated
+        set), "none" for training-free methods."""
+        if not method_spec(method).trainable:
+            return "none (training-free)"
+        spec = load_preset("paper").get("protocol") or []
+        entry = protocol_of(spec, "paper", method)
+        if entry["published_training"] == "synthetic":
+            return "synthetic (authors' generated set)"
+        return "+".join(rule_sources(entry["rules"], dataset, "paper", method))
 
     def targets(self) -> list[str]:
         """Every target a protocol rule names explicitly (any method), in order."""
@@ -477,11 +507,14 @@ class Study:
         for model in models_of(jobs):
             cfg = self.config(model)
             trainable = method_spec(model.method).trainable
-            uses = method_spec(model.method).cls.uses_backbones
+            spec = method_spec(model.method)
+            uses = spec.cls.backbones_used(spec.options_from(cfg.options))
             b = cfg.backbone
             rows.append({"method": model.method, "label": model.label,
                          "trained on": self.trained_on(model.method, model.target), "evaluated on": model.target,
-                         "epochs": cfg.train.epochs if trainable else 0,
+                         # a step-counted run (AnomalyVFM's train.steps) says so instead of an epoch count
+                         "epochs": ((f"{cfg.train.steps} steps" if cfg.train.steps else cfg.train.epochs)
+                                    if trainable else 0),
                          "batch": cfg.train.batch_size if trainable else 0,
                          "precision": b.precision, "image size": cfg.image_size,
                          "CLIP": f"{b.clip.model} ({b.clip.pretrained}) @ {b.clip.image_size}"
