@@ -36,6 +36,22 @@ def test_both_methods_are_table1_methods_and_on_the_efficiency_page():
     assert tables.TABLE1_METHODS[-1] == "ssvp"  # SSVP stays the last row, as in its paper
 
 
+def test_the_efficiency_page_measures_both(tmp_path):
+    """Parameters and FLOPs of one forward pass, each in its own process (VisualAD feeds its trainable anchors to a
+    module, which torch's FLOP counter refused until the measured pass ran without gradients)."""
+    from ssvp_core.config import load_config
+    from ssvp_core.methods import build_detector
+    from ssvp_core.reports.efficiency import measure
+
+    frame = measure("smoke", ["visualad", "anomalyvfm"], repeats=1).set_index("method")
+    for method in ("visualad", "anomalyvfm"):
+        detector = build_detector(load_config("smoke", method))
+        trainable = sum(p.numel() for p in detector.parameters() if p.requires_grad)
+        assert round(frame.loc[method, "trainable_params_M"] * 1e6) == trainable > 0
+        assert round(frame.loc[method, "total_params_M"] * 1e6) == sum(p.numel() for p in detector.parameters())
+        assert frame.loc[method, "gflops"] > 0 and frame.loc[method, "latency_ms"] > 0
+
+
 def test_what_trained_the_published_numbers():
     """paper.yaml: VisualAD's checkpoints trained on VisA (MVTec-AD for VisA); AnomalyVFM's on synthetic data."""
     assert Study.published_trained_on("visualad", "mvtec") == "visa"
