@@ -270,6 +270,44 @@ def test_a_model_another_notebook_is_training_is_left_for_last_and_reused(worksp
     assert not engine_train.run_busy(folder) and study.is_trained(busy)
 
 
+def test_an_evaluation_another_notebook_is_computing_is_left_for_last_and_read(workspace, monkeypatch):
+    """The same for evaluations (Tables 1 and 2 evaluate the same models on the same target): computed once."""
+    import threading
+
+    from ssvp_core import io
+    from ssvp_core.engine import infer
+
+    study, other_study = Study("smoke"), Study("smoke")
+    busy, free = EvalJob(Model("reference", "synth-b")), EvalJob(Model("winclip", "synth-b"))
+    study.prepare_data([busy, free])
+    holding, started_free = threading.Event(), threading.Event()
+
+    def other_notebook():
+        with io.file_lock(other_study._eval_lock(busy)):
+            holding.set()
+            started_free.wait(timeout=600)
+            other_study._compute_evaluation(busy, False, False)
+
+    computed_here = []
+    real_evaluate = infer.evaluate
+
+    def recording_evaluate(detector, *args, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            computed_here.append(type(detector).__name__)
+            started_free.set()
+        return real_evaluate(detector, *args, **kwargs)
+
+    monkeypatch.setattr(infer, "evaluate", recording_evaluate)
+    other = threading.Thread(target=other_notebook)
+    other.start()
+    assert holding.wait(timeout=60) and io.lock_busy(study._eval_lock(busy))
+    frame = study.evaluate([busy, free], progress=False)
+    other.join()
+    assert len(computed_here) == 1  # WinCLIP only
+    assert frame.method.tolist() == ["reference", "winclip"]
+    assert frame.status.tolist() == ["read from cache", "computed"]
+
+
 @pytest.fixture(scope="module")
 def reproduce_run(workdir, tmp_path_factory):
     """`ssvp --workspace W reproduce` of the t-SNE page (a figure) with one-epoch training, as a user runs it from

@@ -12,8 +12,6 @@ slice of every global batch. `train.mosaic` > 0 replaces that share of the items
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import math
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .. import io
 from .. import progress as progress_bars
 from ..config import RunConfig
 from ..data.loader import AnomalyDataset
@@ -104,31 +103,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-@contextlib.contextmanager
 def run_lock(folder: Path):
     """An exclusive lock on a run folder: concurrent jobs needing the same checkpoint train it once."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return io.file_lock(Path(folder) / ".lock")
 
 
 def run_busy(folder: Path) -> bool:
     """Whether another process holds the run folder's lock now (it is training that model): a caller with other
     models to train can do those first instead of waiting."""
-    lock = Path(folder) / ".lock"
-    if not lock.is_file():
-        return False
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+    return io.lock_busy(Path(folder) / ".lock")
 
 
 def train(cfg: RunConfig, resume: bool = True, progress: bool = True, max_steps: int | None = None,

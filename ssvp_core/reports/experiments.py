@@ -410,11 +410,19 @@ class Study:
     def evaluation(self, job: EvalJob, progress: bool = False, recompute: bool = False) -> Evaluation:
         """Per-class metrics of the job's model on its target, from the cache or computed now (training the model
         first if it has no checkpoint) and stored."""
-        from ..engine.infer import evaluate
-
         cached = None if recompute else self.cached_evaluation(job)
         if cached is not None:
             return cached
+        with io.file_lock(self._eval_lock(job)):  # a notebook beside this one computing it too: wait, then read it
+            cached = None if recompute else self.cached_evaluation(job)
+            return cached if cached is not None else self._compute_evaluation(job, progress, recompute)
+
+    def _eval_lock(self, job: EvalJob) -> Path:
+        return self._eval_path(job).with_suffix(".lock")
+
+    def _compute_evaluation(self, job: EvalJob, progress: bool, recompute: bool) -> Evaluation:
+        from ..engine.infer import evaluate
+
         cfg = self.config(job.model)
         det = self.detector(job.model, progress)
         hooks = []
@@ -439,10 +447,21 @@ class Study:
         """Evaluate every job (a cached result is read back unless its method is listed in `recompute`, or
         `recompute` is True) and show one row per job: what was evaluated, the class means of `metrics` in %, and
         whether it was computed now or read from the run folder."""
-        rows = []
         jobs = [j for j in dict.fromkeys(jobs) if isinstance(j, EvalJob)]
-        for job in progress_bars.iterate(jobs, desc="evaluations", disable=not progress, leave=True):
+
+        def next_free(pending: list[EvalJob]):  # as in `train`: an evaluation another process is computing comes last
+            while pending:
+                job = ([j for j in pending if not io.lock_busy(self._eval_lock(j))] or pending)[0]
+                pending.remove(job)
+                yield job
+
+        by_job = {}
+        for job in progress_bars.iterate(next_free(list(jobs)), desc="evaluations", disable=not progress, leave=True,
+                                         total=len(jobs)):
             again = recompute is True or job.method in (recompute or ())
+            if not again and io.lock_busy(self._eval_lock(job)):
+                with io.file_lock(self._eval_lock(job)):  # only busy ones left: wait for the other process
+                    pass
             stored = None if again else self.cached_evaluation(job)
             started = time.perf_counter()
             ev = stored or self.evaluation(job, progress=progress, recompute=again)
@@ -451,8 +470,8 @@ class Study:
             row.update({m: 100 * ev.mean(m) for m in metrics})
             row.update(status="read from cache" if stored is not None else "computed",
                        seconds=0.0 if stored is not None else round(time.perf_counter() - started, 1))
-            rows.append(row)
-        frame = pd.DataFrame(rows)
+            by_job[job] = row
+        frame = pd.DataFrame([by_job[job] for job in jobs])  # in the jobs' order
         return frame if len(frame) and frame.label.astype(bool).any() else frame.drop(columns="label", errors="ignore")
 
     # -- samples for figures ------------------------------------------------------------------------------------
