@@ -127,8 +127,12 @@ def test_bf16_forward_and_training_step_stay_close_to_fp32():
         loss = det.loss(det(batch), batch)["total"]
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(det.anomaly_token.grad).all()
-    scale = out["fp32"].abs().max()
-    assert (out["bf16"] - out["fp32"]).abs().max() < 0.05 * scale
+    # the map sums, over the tapped layers, a difference of two cosines (each at most 1 in size): bf16's 8-bit
+    # significand carries each cosine to within its unit roundoff 2^-9, so the bound is absolute, 2 L 2^-9, and not
+    # relative to the map's own small values (about 0.06 here: nearly equal cosines subtracted); measured 3.3e-3 with
+    # oneDNN's emulated bf16 (make test-portability), 5x inside
+    layers = len(smoke_config("visualad").backbone.clip.layers)
+    assert (out["bf16"] - out["fp32"]).abs().max() < 2 * layers * 2.0 ** -9
 
 
 def test_released_settings_and_protocol():
