@@ -121,6 +121,17 @@ def models_of(jobs) -> list[Model]:
     return list(dict.fromkeys(j.model if isinstance(j, EvalJob) else j for j in jobs))
 
 
+def free_first(items, busy):
+    """`items` in turn, each time the first that `busy` does not report (another process, e.g. a notebook running
+    beside this one, is training or evaluating it now): this process does the others meanwhile instead of waiting
+    for that lock, and usually finds the busy ones done, and reuses them, when only busy ones are left."""
+    pending = list(items)
+    while pending:
+        item = ([i for i in pending if not busy(i)] or pending)[0]
+        pending.remove(item)
+        yield item
+
+
 class Study:
     """A profile resolved once: workspace root, preset, protocol, overrides and device, with the steps of a page."""
 
@@ -348,18 +359,11 @@ class Study:
         for model in models_of(jobs):
             unique.setdefault(self.config(model).fingerprint() + model.method, model)
 
-        def next_free(pending: list[Model]):
-            """The models in turn, each time the first that no other process is training now (a notebook running
-            beside this one that needs it too): this process trains the others meanwhile instead of waiting for that
-            lock, and usually finds the busy one done, and reuses it, when only busy ones are left."""
-            while pending:
-                free = [m for m in pending if not (method_spec(m.method).trainable and run_busy(self.run_dir(m)))]
-                model = (free or pending)[0]
-                pending.remove(model)
-                yield model
+        def busy(model: Model) -> bool:
+            return method_spec(model.method).trainable and run_busy(self.run_dir(model))
 
         rows = {}
-        for model in progress_bars.iterate(next_free(list(unique.values())), desc="models", disable=not progress,
+        for model in progress_bars.iterate(free_first(unique.values(), busy), desc="models", disable=not progress,
                                            leave=True, total=len(unique)):
             cfg = self.config(model)
             row = {"method": model.method, "label": model.label, "trained_on": self.trained_on(model.method, model.target),
@@ -448,16 +452,9 @@ class Study:
         `recompute` is True) and show one row per job: what was evaluated, the class means of `metrics` in %, and
         whether it was computed now or read from the run folder."""
         jobs = [j for j in dict.fromkeys(jobs) if isinstance(j, EvalJob)]
-
-        def next_free(pending: list[EvalJob]):  # as in `train`: an evaluation another process is computing comes last
-            while pending:
-                job = ([j for j in pending if not io.lock_busy(self._eval_lock(j))] or pending)[0]
-                pending.remove(job)
-                yield job
-
         by_job = {}
-        for job in progress_bars.iterate(next_free(list(jobs)), desc="evaluations", disable=not progress, leave=True,
-                                         total=len(jobs)):
+        for job in progress_bars.iterate(free_first(jobs, lambda j: io.lock_busy(self._eval_lock(j))),
+                                         desc="evaluations", disable=not progress, leave=True, total=len(jobs)):
             again = recompute is True or job.method in (recompute or ())
             if not again and io.lock_busy(self._eval_lock(job)):
                 with io.file_lock(self._eval_lock(job)):  # only busy ones left: wait for the other process
