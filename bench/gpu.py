@@ -25,7 +25,8 @@ import torch
 from ssvp_core.io import write_text
 from ssvp_core.reports.efficiency import measure
 
-METHODS = ["winclip", "aprilgan", "anomalyclip", "adaclip", "bayes_pfl", "vip2clip", "dapo", "ssvp"]
+METHODS = ["winclip", "aprilgan", "anomalyclip", "adaclip", "bayes_pfl", "vip2clip", "dapo", "visualad", "anomalyvfm",
+           "ssvp"]
 RANDOM = ["backbone.clip.pretrained=none", "backbone.dino.pretrained=none"]
 COLUMNS = {"method": "method", "batch": "batch", "ms_per_image": "ms/img", "images_per_s": "img/s",
            "peak_memory_MB": "peak memory (MiB)", "precision": "precision", "gflops": "GFLOPs/img",

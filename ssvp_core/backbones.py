@@ -106,7 +106,8 @@ class ClipBackbone(nn.Module):
             raise WeightsError(f"cannot load CLIP weights from {where} into {cfg.model}: {e}. "
                                "Check that the file matches the model config (ViT-L-14-336-quickgelu for OpenAI ViT-L/14@336).") from None
         if cfg.pos_embed_interpolation != "bicubic":
-            resize_position_embedding(model.visual, cfg.image_size, cfg.pos_embed_interpolation)
+            mode = "bicubic" if cfg.pos_embed_interpolation == "bicubic_no_antialias" else cfg.pos_embed_interpolation
+            resize_position_embedding(model.visual, cfg.image_size, mode)
         self.model = _freeze(model)
         self.tokenizer = open_clip.get_tokenizer(cfg.model)
         visual = self.model.visual
@@ -252,7 +253,8 @@ class AuxBackbone(nn.Module):
             raise WeightsError(f"cannot load {cfg.model} weights from {src.path or src.tag}: {e}. "
                                "Check that the file belongs to this architecture (Meta DINOv3 .pth and timm files both work).") from None
         self.model = _freeze(model)
-        patch = model.patch_embed.patch_size[0]
+        # timm ViTs and Evas patchify in `patch_embed`, NaFlexVit (SigLIP2 NaFlex) in `embeds`
+        patch = (model.patch_embed if hasattr(model, "patch_embed") else model.embeds).patch_size[0]
         if cfg.image_size % patch:
             raise ConfigError(f"backbone.dino.image_size={cfg.image_size} is not a multiple of the patch size {patch} "
                               f"(use {cfg.image_size // patch * patch} or {(cfg.image_size // patch + 1) * patch})")

@@ -177,6 +177,7 @@ def cmd_eval(args) -> int:
     if args.checkpoint:
         from .engine.checkpoint import load as load_checkpoint
 
+        # an ssvp checkpoint names its method; an authors' released file needs --method (its read_released)
         args.method = args.method or load_checkpoint(args.checkpoint)["method"]
         detector, cfg = load_trained(args.checkpoint, overrides=_run_config(args))
     else:
@@ -302,7 +303,12 @@ def cmd_predict(args) -> int:
     if not dist_info().main:
         return 0  # not sharded: under torchrun rank 0 alone writes the predictions and the gallery
     if args.checkpoint:
-        detector, cfg = load_trained(args.checkpoint, device=args.device)
+        released = None  # with --method, a file that is not an ssvp checkpoint is read as that method's release
+        if args.method:
+            from .config import load_config
+
+            released = load_config(args.profile, args.method, list(args.set or []) + [f"device={args.device}"])
+        detector, cfg = load_trained(args.checkpoint, device=args.device, overrides=released)
     else:
         from .config import load_config
         from .engine.runtime import resolve_device
@@ -424,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint instead of resuming")
         else:
-            p.add_argument("--checkpoint", help="checkpoint to evaluate (default: the run folder of the config)")
+            p.add_argument("--checkpoint", help="checkpoint to evaluate (default: the run folder of the config); with "
+                                                "--method, also an authors' released file (visualad)")
             p.add_argument("--out", help="write the long-format metrics CSV here")
             p.add_argument("--multitype", action="store_true", help="also the per-object multi-type segmentation metrics (dapo)")
             p.add_argument("--ci", action="store_true", help="also 95%% bootstrap confidence intervals of the class means "
@@ -437,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "folder of your own images, with an HTML gallery")
     p.add_argument("images", help="folder of images to check")
     p.add_argument("--checkpoint", help="trained checkpoint (ssvp train)")
-    p.add_argument("--method", help="a training-free method instead of a checkpoint (winclip, reference)")
+    p.add_argument("--method", help="a training-free method instead of a checkpoint (winclip, reference), or with "
+                                    "--checkpoint the method of an authors' released checkpoint (visualad)")
     p.add_argument("--profile", default="smoke", help="preset for --method (smoke | paper | YAML)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for --method")
     p.add_argument("--out", required=True, help="output folder (index.html, predictions.csv, heatmaps/, masks/)")

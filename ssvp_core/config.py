@@ -35,9 +35,11 @@ class ClipConfig:
     # MLP activation of both towers: "model" keeps the open_clip config's own (QuickGELU for the -quickgelu configs);
     # "gelu" is exact GELU, which the released code of APRIL-GAN, AdaCLIP and Bayes-PFL builds even for OpenAI weights
     activation: Literal["model", "quick_gelu", "gelu"] = "model"
-    # how the position embedding reaches image_size from the weights' grid: bicubic when loading (open_clip,
-    # Bayes-PFL) or bilinear (align_corners=False), as AnomalyCLIP and ViP2-CLIP resize it in their forward pass
-    pos_embed_interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    # how the position embedding reaches image_size from the weights' grid: bicubic when loading (open_clip's
+    # antialiased resize; Bayes-PFL), bilinear (align_corners=False) as AnomalyCLIP and ViP2-CLIP resize it in their
+    # forward pass, or bicubic without antialiasing as Hugging Face transformers' `interpolate_pos_encoding` does
+    # (AnomalyVFM's CLIP); the antialiased and plain bicubic kernels differ even when enlarging
+    pos_embed_interpolation: Literal["bicubic", "bilinear", "bicubic_no_antialias"] = "bicubic"
 
 
 @dataclass
@@ -75,6 +77,9 @@ class TrainConfig:
     # further auxiliary datasets whose test splits join the training data (AdaCLIP trains on MVTec-AD + ColonDB)
     extra: list[DatasetRef] = field(default_factory=list)
     epochs: int = 15
+    # > 0: train exactly this many optimiser steps, cycling through the data in `epochs`' per-epoch orders
+    # (AnomalyVFM's releases count steps, not epochs); 0: `epochs` full passes
+    steps: int = 0
     batch_size: int = 8
     lr_prompt: float = 5e-4  # learnable prompt embeddings
     lr_head: float = 1e-4  # everything else trainable
@@ -154,6 +159,8 @@ class RunConfig:
         d["backbone"].pop("compile")
         if not d["train"]["extra"]:
             d["train"].pop("extra")  # single-source runs keep the fingerprints they had before `extra` existed
+        if not d["train"]["steps"]:
+            d["train"].pop("steps")  # epoch-counted runs keep the fingerprints they had before `steps` existed
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

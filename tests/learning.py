@@ -6,7 +6,8 @@ trained, for several training seeds. With tiny random backbones one training run
 distribution: on held-out *classes* (synth-b) ViP2-CLIP's pixel-AUROC gain ranged from -0.099 to +0.180 over four
 seeds (tools/learning_study.py, README "Learning"), and a change of thread count alone moved a result by 0.01. So
 the tests assert the mean gain over TRAIN_SEEDS on held-out *images*, where every method's measured mean gain is at
-least three times its margin (MARGIN, MARGINS), and the held-out-class transfer is reported rather than asserted.
+least 2.8 times its margin (MARGIN, MARGINS; VisualAD's +0.141 is the closest), and the held-out-class transfer is
+reported rather than asserted.
 """
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from ssvp_core.methods import build_detector
 from ssvp_core.metrics import wide
 
 TRAIN_SEEDS = (0, 1, 2, 3)
-EPOCHS = {"bayes_pfl": 20}  # its last 5 epochs train the image branch only (stage 2); 15 pixel epochs, not 5
+EPOCHS = {"bayes_pfl": 20,  # its last 5 epochs train the image branch only (stage 2); 15 pixel epochs, not 5
+          "anomalyvfm": 20}  # it trains a backbone's adapters and a decoder from scratch on random features
 DEFAULT_EPOCHS = 10
 MARGIN = 0.05
-# Bayes-PFL's measured mean gain is +0.089 (seeds 0-3, smallest +0.034), the other methods' +0.20 or more
-# (tools/learning_study.py, README "Learning"); its bar keeps the same distance below its measured mean.
-MARGINS = {"bayes_pfl": 0.03}
+# Bayes-PFL's measured mean gain is +0.089 (seeds 0-3, smallest +0.034), AnomalyVFM's +0.068 (smallest +0.034),
+# VisualAD's +0.141, the other methods' +0.20 or more (tools/learning_study.py, README "Learning"); the two lower bars
+# keep the same distance below their measured means.
+MARGINS = {"bayes_pfl": 0.03, "anomalyvfm": 0.02}
 
 
 def generate_learning_data(root: Path, seed: int) -> Path:

@@ -7,7 +7,7 @@ they vary across seeds around small gains (measured by tools/learning_study.py, 
 import pytest
 from learning import MARGIN, MARGINS, TRAIN_SEEDS, mean_gains
 
-TRAINED = ["ssvp", "vip2clip", "dapo", "anomalyclip", "adaclip", "bayes_pfl", "aprilgan"]
+TRAINED = ["ssvp", "vip2clip", "dapo", "anomalyclip", "adaclip", "bayes_pfl", "aprilgan", "visualad", "anomalyvfm"]
 
 
 @pytest.mark.slow

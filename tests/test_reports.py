@@ -27,6 +27,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from ssvp_core.errors import ConfigError
 from ssvp_core.reports import EvalJob, Model, Study, tables
 from ssvp_core.reports.catalog import NOTEBOOKS, PAGES
 from ssvp_core.reports.runner import reproduce
@@ -211,6 +212,100 @@ def test_a_table_reads_only_the_evaluations_its_jobs_list(workspace, monkeypatch
     again = study.evaluate(jobs)
     assert again.status.tolist() == ["read from cache"] * 2
     assert again.image_auroc.tolist() == first.image_auroc.tolist()  # the same stored numbers, read back
+
+
+def test_a_sweep_point_at_the_profiles_value_is_the_model_other_pages_train(workspace):
+    """Figures 7-8 sweep gamma and xi one at a time: the point at the value SSVP runs with (0.5 and 0.85, Eqs. 19 and
+    12) is Table 1's model, not a second training of it; the other points are trainings of their own."""
+    study = Study("smoke")
+    assert study.option("ssvp", "synth-b", "gamma") == 0.5 and study.option("ssvp", "synth-b", "xi") == 0.85
+    table1 = study.config(Model("ssvp", "synth-b")).fingerprint()
+    gamma = tables.sensitivity_jobs(study, "gamma", [0.0, 0.5, 1.0])
+    xi = tables.sensitivity_jobs(study, "xi", [0.75, 0.85, 0.95])
+    fingerprints = {job.model.label: study.config(job.model).fingerprint() for job in gamma + xi}
+    assert fingerprints["gamma=0.5"] == fingerprints["xi=0.85"] == table1
+    assert len(set(fingerprints.values())) == 5
+    assert study.config(gamma[0].model).options["gamma"] == 0.0
+    assert Study("smoke", overrides=["options.gamma=0.4"]).option("ssvp", "synth-b", "gamma") == 0.4
+    with pytest.raises(ConfigError, match="no option 'gama'"):
+        study.option("ssvp", "synth-b", "gama")
+
+
+def test_a_model_another_notebook_is_training_is_left_for_last_and_reused(workspace, monkeypatch):
+    """Two notebooks side by side (`ssvp reproduce --jobs 2`) often need the same models: the train step trains the
+    ones nobody else is training first, then waits for the busy one and reuses what the other process wrote."""
+    import threading
+
+    from ssvp_core.engine import train as engine_train
+
+    study = Study("smoke", overrides=["train.epochs=1"])
+    busy, free = Model("aprilgan", "synth-b"), Model("dapo", "synth-b")
+    jobs = [EvalJob(busy), EvalJob(free)]
+    study.prepare_data(jobs)
+    folder = study.run_dir(busy)
+    holding, started_free = threading.Event(), threading.Event()
+
+    def other_notebook():  # holds the busy model's lock and trains it once this process has moved on to the other
+        with engine_train.run_lock(folder):
+            holding.set()
+            started_free.wait(timeout=600)
+            engine_train._train(study.config(busy), True, False, None, folder / "checkpoint.pt")
+
+    trained_here = []
+    real_train = engine_train.train
+
+    def recording_train(cfg, **kwargs):
+        trained_here.append(cfg.method)
+        started_free.set()
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(engine_train, "train", recording_train)
+    other = threading.Thread(target=other_notebook)
+    other.start()
+    assert holding.wait(timeout=60) and engine_train.run_busy(folder)
+    frame = study.train(jobs, progress=False)
+    other.join()
+    assert trained_here == ["dapo"]  # the busy model was not trained a second time
+    assert frame.method.tolist() == ["aprilgan", "dapo"] and frame.status.tolist() == ["reused", "trained"]
+    assert not engine_train.run_busy(folder) and study.is_trained(busy)
+
+
+def test_an_evaluation_another_notebook_is_computing_is_left_for_last_and_read(workspace, monkeypatch):
+    """The same for evaluations (Tables 1 and 2 evaluate the same models on the same target): computed once."""
+    import threading
+
+    from ssvp_core import io
+    from ssvp_core.engine import infer
+
+    study, other_study = Study("smoke"), Study("smoke")
+    busy, free = EvalJob(Model("reference", "synth-b")), EvalJob(Model("winclip", "synth-b"))
+    study.prepare_data([busy, free])
+    holding, started_free = threading.Event(), threading.Event()
+
+    def other_notebook():
+        with io.file_lock(other_study._eval_lock(busy)):
+            holding.set()
+            started_free.wait(timeout=600)
+            other_study._compute_evaluation(busy, False, False)
+
+    computed_here = []
+    real_evaluate = infer.evaluate
+
+    def recording_evaluate(detector, *args, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            computed_here.append(type(detector).__name__)
+            started_free.set()
+        return real_evaluate(detector, *args, **kwargs)
+
+    monkeypatch.setattr(infer, "evaluate", recording_evaluate)
+    other = threading.Thread(target=other_notebook)
+    other.start()
+    assert holding.wait(timeout=60) and io.lock_busy(study._eval_lock(busy))
+    frame = study.evaluate([busy, free], progress=False)
+    other.join()
+    assert len(computed_here) == 1  # WinCLIP only
+    assert frame.method.tolist() == ["reference", "winclip"]
+    assert frame.status.tolist() == ["read from cache", "computed"]
 
 
 @pytest.fixture(scope="module")

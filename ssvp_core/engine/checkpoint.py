@@ -51,7 +51,11 @@ def load(path: str | Path) -> dict:
     except Exception as e:
         raise CheckpointError(f"{path}: cannot read checkpoint ({e}); it may be truncated. Delete it and train again.") from None
     if not isinstance(payload, dict) or payload.get("format") != "ssvp-checkpoint-1":
-        raise CheckpointError(f"{path}: not an ssvp checkpoint (missing format tag)")
+        from ..methods import REGISTRY
+
+        readers = sorted(name for name, spec in REGISTRY.items() if spec.read_released is not None)
+        raise CheckpointError(f"{path}: not an ssvp checkpoint (missing format tag). An authors' released checkpoint is "
+                              f"read with --method NAME for the methods that read their release's files ({', '.join(readers)})")
     return payload
 
 

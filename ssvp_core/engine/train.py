@@ -1,6 +1,7 @@
 """Training on the auxiliary dataset's test split (the papers' zero-shot protocol).
 
-Determinism and resume: the data order of epoch e is a permutation drawn from a generator seeded with
+Length: `train.epochs` passes over the data, or exactly `train.steps` optimiser steps when that is set (the passes
+it needs, the last one cut short; AnomalyVFM counts steps). Determinism and resume: the data order of epoch e is a permutation drawn from a generator seeded with
 (seed, e), and the global RNG is reseeded from (seed, step, rank) before every step, so a run resumed from a
 mid-epoch checkpoint draws exactly the same batches and noise as an uninterrupted run and ends with the same
 parameters. Optimiser: Adam(betas 0.5, 0.999) with per-group learning rates (prompts / heads / temperatures),
@@ -11,8 +12,6 @@ slice of every global batch. `train.mosaic` > 0 replaces that share of the items
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import math
 import time
@@ -21,13 +20,14 @@ from pathlib import Path
 
 import torch
 
+from .. import io
 from .. import progress as progress_bars
 from ..config import RunConfig
 from ..data.loader import AnomalyDataset
 from ..data.mosaic import MosaicDataset
 from ..data.registry import read_dataset
 from ..errors import ConfigError, DataError, TrainingDiverged
-from ..methods import build_detector
+from ..methods import build_detector, method_spec
 from . import checkpoint as ckpt
 from .batches import collate, to_device
 from .feature_cache import shared_cache
@@ -74,9 +74,28 @@ def make_scheduler(optimizer, cfg: RunConfig, total_steps: int):
         progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    # a parameter group marked {"schedule": "constant"} keeps its lr (Bayes-PFL's stage-2 optimiser has no schedule)
-    factors = [(lambda step: 1.0) if g.get("schedule") == "constant" else factor for g in optimizer.param_groups]
+    def epoch_cosine(group: dict):
+        """torch's CosineAnnealingLR(T_max=epochs, eta_min=group["min_lr"]) stepped once per epoch (VisualAD)."""
+        base, floor, epochs = group["lr"], group["min_lr"], max(1, t.epochs)
+        steps_per_epoch = max(1, total_steps // epochs)
+        return lambda step: (floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * min(step // steps_per_epoch, epochs)
+                                                                           / epochs))) / base
+
+    # a parameter group marked {"schedule": "constant"} keeps its lr (Bayes-PFL's stage-2 optimiser has no schedule);
+    # one marked {"schedule": "epoch_cosine", "min_lr": x} follows epoch_cosine
+    factors = [(lambda step: 1.0) if g.get("schedule") == "constant" else epoch_cosine(g)
+               if g.get("schedule") == "epoch_cosine" else factor for g in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+
+def planned_length(cfg: RunConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(epochs to run, optimiser steps in all): `train.epochs` full passes, or exactly `train.steps` steps when set,
+    the last epoch cut short."""
+    if cfg.train.steps < 0:
+        raise ConfigError(f"train.steps={cfg.train.steps}: must be >= 0 (0 = train.epochs full passes)")
+    if cfg.train.steps:
+        return math.ceil(cfg.train.steps / steps_per_epoch), cfg.train.steps
+    return cfg.train.epochs, steps_per_epoch * cfg.train.epochs
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -84,16 +103,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-@contextlib.contextmanager
 def run_lock(folder: Path):
     """An exclusive lock on a run folder: concurrent jobs needing the same checkpoint train it once."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return io.file_lock(Path(folder) / ".lock")
+
+
+def run_busy(folder: Path) -> bool:
+    """Whether another process holds the run folder's lock now (it is training that model): a caller with other
+    models to train can do those first instead of waiting."""
+    return io.lock_busy(Path(folder) / ".lock")
 
 
 def train(cfg: RunConfig, resume: bool = True, progress: bool = True, max_steps: int | None = None,
@@ -132,7 +150,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
     if batch_size % info.world:
         raise ConfigError(f"train.batch_size={batch_size} must be divisible by the number of processes ({info.world})")
     steps_per_epoch = math.ceil(len(samples) / batch_size)
-    total_steps = steps_per_epoch * cfg.train.epochs
+    epochs, total_steps = planned_length(cfg, steps_per_epoch)
     optimizer = make_optimizer(detector, cfg)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
     state = ckpt.TrainState()
@@ -163,14 +181,16 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
     detector.train()
     bar = progress_bars.bar(total=total_steps, initial=state.global_step, desc=f"train {cfg.method}", unit="step",
                             disable=not (progress and info.main))
-    while not state.complete and state.epoch < cfg.train.epochs:
-        detector.start_epoch(state.epoch, cfg.train.epochs)
+    while not state.complete and state.epoch < epochs:
+        detector.start_epoch(state.epoch, epochs)
         order = epoch_order(len(samples), cfg.train.seed, state.epoch)
         if isinstance(dataset, MosaicDataset):
             dataset.epoch = state.epoch
         first = state.step_in_epoch
         # each rank takes an interleaved slice of every global batch; resuming skips the batches already done
-        batches = [order[s * batch_size:(s + 1) * batch_size][info.rank::info.world] for s in range(first, steps_per_epoch)]
+        # a step-counted run (train.steps) stops inside its last epoch
+        last = min(steps_per_epoch, total_steps - state.epoch * steps_per_epoch)
+        batches = [order[s * batch_size:(s + 1) * batch_size][info.rank::info.world] for s in range(first, last)]
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=cfg.train.num_workers,
                                              collate_fn=collate, persistent_workers=False)
         for step, batch in enumerate(loader, start=first):
@@ -194,6 +214,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
             loss.backward()
             if cfg.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.train.grad_clip)
+            detector.before_optimizer_step()
             optimizer.step()
             scheduler.step()
             state.global_step += 1
@@ -207,7 +228,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, max_steps: int | None, 
                 ckpt.save(path, detector, optimizer, scheduler, state, cfg)
         state.epoch += 1
         state.step_in_epoch = 0
-        state.complete = state.epoch >= cfg.train.epochs
+        state.complete = state.epoch >= epochs
         if info.main:
             ckpt.save(path, detector, optimizer, scheduler, state, cfg)
         barrier(info)
@@ -230,8 +251,17 @@ def _check_replicas_agree(detector) -> None:
 
 
 def load_trained(path: str | Path, device: str = "auto", overrides: RunConfig | None = None):
-    """Rebuild a detector from a checkpoint (its stored config decides the architecture)."""
-    payload = ckpt.load(path)
+    """Rebuild a detector from a checkpoint (its stored config decides the architecture; `overrides` gives the
+    evaluation and device settings). A file that is not an ssvp checkpoint is read with the `read_released` of
+    `overrides.method`, when that method has one (an authors' released checkpoint): the detector is then built from
+    `overrides` as a whole and the file's state loaded with strict key checks."""
+    try:
+        payload = ckpt.load(path)
+    except ckpt.CheckpointError as not_ssvp:
+        spec = method_spec(overrides.method) if overrides is not None else None
+        if spec is None or spec.read_released is None or not Path(path).is_file():
+            raise
+        return _load_released(Path(path), spec, overrides, device, not_ssvp)
     cfg = ckpt.config_of(payload)
     # the stored workspace may be another machine's: paths resolve in the caller's workspace
     cfg.workspace = overrides.workspace if overrides is not None else ""
@@ -239,6 +269,22 @@ def load_trained(path: str | Path, device: str = "auto", overrides: RunConfig | 
         cfg.eval, cfg.device = overrides.eval, overrides.device
     detector = build_detector(cfg)
     detector.load_trainable_state_dict(payload["trainable"])
+    return detector.to(resolve_device(device if device != "auto" else cfg.device)).eval(), cfg
+
+
+def _load_released(path: Path, spec, cfg: RunConfig, device: str, not_ssvp: Exception):
+    try:
+        state = spec.read_released(path)
+    except ckpt.CheckpointError as e:
+        raise ckpt.CheckpointError(f"{e} (read as an ssvp checkpoint: {not_ssvp})") from None
+    detector = build_detector(cfg)
+    try:
+        detector.load_trainable_state_dict(state)
+    except (ckpt.CheckpointError, RuntimeError) as e:
+        raise ckpt.CheckpointError(f"{path}: the released {spec.name} checkpoint does not fit the detector the "
+                                   f"{cfg.profile!r} profile builds ({e}). Choose the profile / --set options and "
+                                   "backbone settings the file was trained with.") from None
+    log.info("%s: released %s checkpoint, detector built from the %s profile", path, spec.name, cfg.profile)
     return detector.to(resolve_device(device if device != "auto" else cfg.device)).eval(), cfg
 
 

@@ -9,6 +9,8 @@
     anomalyclip   AnomalyCLIP, ICLR 2024                                 anomalyclip.py
     adaclip       AdaCLIP, ECCV 2024                                     adaclip.py
     bayes_pfl     Bayes-PFL, CVPR 2025                                   bayes_pfl.py
+    visualad      VisualAD, CVPR 2026 (language-free)                    visualad.py
+    anomalyvfm    AnomalyVFM, CVPR 2026 (no text; trains a VFM's adapters) anomalyvfm.py
     reference     (none: training-free pixel statistics, a floor)        reference.py
 """
 from __future__ import annotations
@@ -32,6 +34,10 @@ class MethodSpec:
     # train defaults that depend on the auxiliary (training) dataset, merged over `train_defaults` for that
     # `train.dataset`, e.g. APRIL-GAN: {"visa": {"epochs": 15}, "mvtec": {"epochs": 3, "mosaic": 0.2}}
     train_defaults_by_dataset: dict = field(default_factory=dict)
+    # reads the authors' own checkpoint file: (path: Path) -> state dict in the detector's trainable_state_dict()
+    # names, raising CheckpointError (naming the file and the fix) on a wrong or corrupt file; `ssvp eval/predict
+    # --checkpoint FILE` fall back to it when FILE is not an ssvp checkpoint
+    read_released: Any = None
 
     def options_from(self, data: dict | None) -> Any:
         return options_from(self.options, data, f"{self.name} options")
@@ -131,6 +137,38 @@ register(MethodSpec("bayes_pfl", BayesPFL, BayesPFLOptions, "Bayes-PFL (Qu et al
                     train_defaults={"epochs": 30, "batch_size": 32, "lr_prompt": 1e-3, "lr_head": 1e-4, "seed": 333},
                     eval_defaults={"sigma": 8.0, "seed": 333},
                     backbone_defaults={"clip": {"activation": "gelu"}, "precision": "fp32"}))
+from .visualad import VisualAD, VisualADOptions, read_released as read_released_visualad  # noqa: E402
+
+# VisualAD train.py / training_utils.py / scripts/CLIP.sh @8479132: AdamW(0.9, 0.999) weight decay 0.01, tokens 1e-3,
+# ln_post / SAF / SCA 1e-4, the per-epoch cosine of VisualADOptions.schedule, batch 8, seed 111; 15 epochs (train.py),
+# 1 on VisA and 2 on MVTec-AD (CLIP.sh); test.py smooths with sigma 4; CLIP in fp32 (the loader never converts it to
+# fp16) with the position embedding resized bilinearly in the forward pass. The DINOv2 variant (no released code):
+# timm's ViT-L/14 at 518 px, taps after blocks 6/12/18/24 (0-based 5/11/17/23)
+register(MethodSpec("visualad", VisualAD, VisualADOptions, "VisualAD (Hou et al., CVPR 2026)",
+                    train_defaults={"epochs": 15, "batch_size": 8, "lr_prompt": 1e-3, "lr_head": 1e-4, "optimizer": "adamw",
+                                    "betas": [0.9, 0.999], "weight_decay": 0.01, "seed": 111, **_CONSTANT},
+                    train_defaults_by_dataset={"visa": {"epochs": 1}, "mvtec": {"epochs": 2}},
+                    eval_defaults={"sigma": 4.0},
+                    backbone_defaults={"precision": "fp32", "clip": {"pos_embed_interpolation": "bilinear"},
+                                       "dino": {"model": "vit_large_patch14_dinov2", "pretrained": "lvd142m",
+                                                "image_size": 518, "layers": [5, 11, 17, 23]}},
+                    read_released=read_released_visualad))
+from .anomalyvfm import AnomalyVFM, AnomalyVFMOptions, read_released as anomalyvfm_released  # noqa: E402
+
+# AnomalyVFM train.py / test.py @4da96b4: AdamW (default betas) lr 1e-4, weight decay 0.01, no schedule, batch 32
+# (8 x 4 accumulation), seed 12, 500 steps for its DINOv3 (200 RADIO, 300 SigLIP2); fp32 training; the backbone
+# trains (adapters), so gradients cross it: checkpointing keeps batch 32 at 768 px in memory; its own 5x5 mean filter
+# instead of Gaussian smoothing; released weight files read by `read_released` (anomalyvfm_release.py)
+register(MethodSpec("anomalyvfm", AnomalyVFM, AnomalyVFMOptions, "AnomalyVFM (Fučka et al., CVPR 2026)",
+                    train_defaults={"steps": 500, "batch_size": 32, "lr_head": 1e-4, "optimizer": "adamw",
+                                    "betas": [0.9, 0.999], "weight_decay": 0.01, "seed": 12, "grad_checkpointing": True,
+                                    **_CONSTANT},
+                    eval_defaults={"sigma": 0.0},
+                    backbone_defaults={"dino": {"model": "vit_large_patch16_dinov3", "pretrained": "lvd1689m",
+                                                "image_size": 768},
+                                       "clip": {"pos_embed_interpolation": "bicubic_no_antialias"},
+                                       "precision": "fp32"},
+                    read_released=anomalyvfm_released))
 register(MethodSpec("reference", ReferenceScorer, ReferenceOptions, "training-free pixel statistics (no paper; a floor)"))
 
 __all__ = ["Detector", "Output", "MethodSpec", "REGISTRY", "register", "method_spec", "build_detector"]

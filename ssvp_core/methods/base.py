@@ -86,6 +86,16 @@ class Detector(nn.Module):
         """Called by the trainer before each epoch (0-based), also when resuming; methods with a staged schedule
         (Bayes-PFL's stage 2) switch here. Default: nothing."""
 
+    @classmethod
+    def backbones_used(cls, options: Any) -> tuple[str, ...]:
+        """The backbones a run with `options` builds: `uses_backbones`, unless the options choose (VisualAD's
+        `backbone`, AnomalyVFM's `vfm`)."""
+        return cls.uses_backbones
+
+    def before_optimizer_step(self) -> None:
+        """Called by the trainer between the backward pass (and train.grad_clip) and the optimiser step; a method
+        whose release treats some gradients on their own (VisualAD clips each token's) does it here. Default: nothing."""
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what training changes: the frozen backbones are rebuilt from their weights, never stored."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}

@@ -52,3 +52,17 @@ def orthogonality_loss(embeddings: torch.Tensor) -> torch.Tensor:
     cos2 = (e @ e.transpose(-1, -2)) ** 2
     eye = torch.eye(e.shape[-2], device=e.device, dtype=e.dtype)
     return (cos2 * (1 - eye)).mean()
+
+
+def sigmoid_focal(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    """Element-wise focal loss on logits (Lin et al., ICCV 2017, Eq. 5; torchvision.ops.sigmoid_focal_loss with
+    reduction="none"): alpha_t (1 - p_t)^gamma BCE(logit, y), p_t = p y + (1 - p)(1 - y), alpha_t = alpha y +
+    (1 - alpha)(1 - y); alpha < 0 drops the weighting."""
+    y = target.to(logits.dtype)
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    p_t = p * y + (1 - p) * (1 - y)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * y + (1 - alpha) * (1 - y)) * loss
+    return loss

@@ -32,6 +32,9 @@ def make_batch(n):
     return {"image": torch.rand(n, 3, size, size, device=device), "cls": ["object"] * n, "dataset": [dataset] * n,
             "views": {s: torch.rand(n, 3, s, s, device=device) for s in det.input_sizes() if s != size}}
 batch = make_batch(n)
+counts = det.count_parameters()
+for p in det.parameters():  # inference only; and torch's FLOP counter trips on a trainable parameter fed to a module
+    p.requires_grad_(False)
 with torch.inference_mode():
     det(batch)
     if device.startswith("cuda"):
@@ -44,7 +47,6 @@ with torch.inference_mode():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-counts = det.count_parameters()
 cuda = device.startswith("cuda")
 peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 precision = cfg.backbone.precision if cfg.backbone.precision != "auto" else ("bf16" if cuda else "fp32")
@@ -74,7 +76,8 @@ def measure(profile: str, methods: list[str], device: str = "cpu", repeats: int 
     return pd.DataFrame(rows)
 
 
-DEFAULT_METHODS = ["winclip", "aprilgan", "anomalyclip", "adaclip", "bayes_pfl", "vip2clip", "dapo", "ssvp"]
+DEFAULT_METHODS = ["winclip", "aprilgan", "anomalyclip", "adaclip", "bayes_pfl", "vip2clip", "dapo", "visualad",
+                   "anomalyvfm", "ssvp"]
 
 
 def measure_study(study, methods: list[str] | None = None, device: str = "auto") -> pd.DataFrame:

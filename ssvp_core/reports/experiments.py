@@ -9,7 +9,9 @@ the jobs it reads (`tables.*_jobs`); the notebook runs them through `Study.train
 each, and then assembles its tables from the cached results.
 
 Protocol. Each method's own paper decides the auxiliary dataset of every target (preset `protocol`: SSVP trains on
-VisA for every target but VisA, AnomalyCLIP-style papers on MVTec-AD for every target but MVTec-AD).
+VisA for every target but VisA, AnomalyCLIP-style papers on MVTec-AD for every target but MVTec-AD). Where a paper's
+published numbers come from other data than any rule can give (AnomalyVFM's synthetic set), its entry in the paper
+preset says so (`published_training`), and the tables name both: what trained our model, what trained theirs.
 
 Caches. A model is trained once per configuration (`runs/<profile>/<method>/<fingerprint>/`, the engine's run
 folder and its lock) and evaluated once per (model, target, evaluation settings) (`.../eval/<target>-<digest>.pkl`).
@@ -79,9 +81,55 @@ class Evaluation:
         return float(rows.value.iloc[0]) if len(rows) else float("nan")
 
 
+def protocol_of(spec, profile: str, method: str | None = None) -> dict:
+    """{"source", "rules": [{"train": [names], "eval": [names or "*"]}], "published_training"} of a preset's
+    `protocol`: either one rule list for every method (smoke) or a mapping method -> {source, rules,
+    published_training} with a `default` entry (paper, rehearsal: each paper's own auxiliary data, see paper.yaml).
+    `published_training` says what produced the paper-reported numbers: "auxiliary" (the rules; the default) or
+    "synthetic" (AnomalyVFM)."""
+    if isinstance(spec, dict):
+        entry = spec.get(method) or spec.get("default")
+        if entry is None:
+            raise ConfigError(f"profile {profile!r} has no protocol for method {method!r} and no `default` "
+                              "under `protocol:`")
+        source, rules = entry.get("source", ""), entry.get("rules") or []
+        published = entry.get("published_training", "auxiliary")
+    else:
+        source, rules, published = "", spec, "auxiliary"
+    if published not in ("auxiliary", "synthetic"):
+        raise ConfigError(f"profile {profile!r}, protocol of {method!r}: published_training={published!r}; use "
+                          "auxiliary or synthetic")
+    rules = [{"train": [r["train"]] if isinstance(r["train"], str) else list(r["train"]), "eval": list(r["eval"])}
+             for r in rules]
+    return {"source": source, "rules": rules, "published_training": published}
+
+
+def rule_sources(rules: list[dict], target: str, profile: str, method: str | None) -> list[str]:
+    """The training datasets of the rule naming `target`, else of the wildcard rule."""
+    for rule in rules:
+        if target in rule["eval"]:
+            return rule["train"]
+    for rule in rules:
+        if WILDCARD in rule["eval"]:
+            return rule["train"]
+    raise ConfigError(f"profile {profile!r} has no protocol rule for target {target!r} and method {method!r}; "
+                      "add it under `protocol:`")
+
+
 def models_of(jobs) -> list[Model]:
     """The models behind a list of jobs (Model or EvalJob), in order, without repeats."""
     return list(dict.fromkeys(j.model if isinstance(j, EvalJob) else j for j in jobs))
+
+
+def free_first(items, busy):
+    """`items` in turn, each time the first that `busy` does not report (another process, e.g. a notebook running
+    beside this one, is training or evaluating it now): this process does the others meanwhile instead of waiting
+    for that lock, and usually finds the busy ones done, and reuses them, when only busy ones are left."""
+    pending = list(items)
+    while pending:
+        item = ([i for i in pending if not busy(i)] or pending)[0]
+        pending.remove(item)
+        yield item
 
 
 class Study:
@@ -133,41 +181,34 @@ class Study:
         return (self.section("paper_alias") or {}).get(name, name)
 
     def protocol(self, method: str | None = None) -> dict:
-        """{"source": where the mapping comes from, "rules": [{"train": [names], "eval": [names or "*"]}]}.
-
-        The preset's `protocol` is either one rule list for every method (smoke) or a mapping method -> {source,
-        rules} with a `default` entry (paper, rehearsal: each paper's own auxiliary data, see paper.yaml)."""
-        spec = self.section("protocol") or []
-        if isinstance(spec, dict):
-            entry = spec.get(method) or spec.get("default")
-            if entry is None:
-                raise ConfigError(f"profile {self.profile!r} has no protocol for method {method!r} and no `default` "
-                                  "under `protocol:`")
-            source, rules = entry.get("source", ""), entry.get("rules") or []
-        else:
-            source, rules = "", spec
-        rules = [{"train": [r["train"]] if isinstance(r["train"], str) else list(r["train"]), "eval": list(r["eval"])}
-                 for r in rules]
-        return {"source": source, "rules": rules}
+        """{"source": where the mapping comes from, "rules": [{"train": [names], "eval": [names or "*"]}]} (see
+        `protocol_of`)."""
+        return protocol_of(self.section("protocol") or [], self.profile, method)
 
     def sources(self, method: str, target: str) -> list[str]:
         """The auxiliary (training) datasets behind `method`'s numbers on `target`: a rule naming the target wins over
         a wildcard rule."""
-        rules = self.protocol(method)["rules"]
-        for rule in rules:
-            if target in rule["eval"]:
-                return rule["train"]
-        for rule in rules:
-            if WILDCARD in rule["eval"]:
-                return rule["train"]
-        raise ConfigError(f"profile {self.profile!r} has no protocol rule for target {target!r} and method {method!r}; "
-                          "add it under `protocol:`")
+        return rule_sources(self.protocol(method)["rules"], target, self.profile, method)
 
     def trained_on(self, method: str, target: str) -> str:
         """What the report says produced a number: "visa", "mvtec+colondb", or "none" for training-free methods."""
         if not method_spec(method).trainable:
             return "none (training-free)"
         return "+".join(self.sources(method, target))
+
+    @staticmethod
+    def published_trained_on(method: str, dataset: str) -> str:
+        """What produced `method`'s published number on the paper dataset `dataset` (reported.csv), from the paper
+        preset whatever this study's profile: its paper's protocol rule (an auxiliary dataset's test split),
+        "synthetic" where that protocol entry says `published_training: synthetic` (AnomalyVFM's FLUX-generated
+        set), "none" for training-free methods."""
+        if not method_spec(method).trainable:
+            return "none (training-free)"
+        spec = load_preset("paper").get("protocol") or []
+        entry = protocol_of(spec, "paper", method)
+        if entry["published_training"] == "synthetic":
+            return "synthetic (authors' generated set)"
+        return "+".join(rule_sources(entry["rules"], dataset, "paper", method))
 
     def targets(self) -> list[str]:
         """Every target a protocol rule names explicitly (any method), in order."""
@@ -183,6 +224,14 @@ class Study:
         return list(self.section(key, self.targets()) if key else self.targets())
 
     # -- configurations -----------------------------------------------------------------------------------------
+    def option(self, method: str, target: str, name: str):
+        """The value of one of `method`'s options in this profile (its default unless the preset or the study's
+        overrides set it), as the model trained for `target` runs with it."""
+        options = method_spec(method).options_from(self.config(Model(method, target)).options)
+        if not hasattr(options, name):
+            raise ConfigError(f"{method} has no option {name!r}")
+        return getattr(options, name)
+
     def config(self, model: Model) -> RunConfig:
         """The run configuration of a model: the protocol's training data, the target as evaluation set, the page's
         overrides, then the study's (the caller's overrides win)."""
@@ -303,17 +352,26 @@ class Study:
         train."""
         from ..engine.checkpoint import CHECKPOINT_NAME
         from ..engine.checkpoint import load as load_checkpoint
+        from ..engine.train import run_busy, run_lock
         from ..engine.train import train as train_model
 
         unique: dict[str, Model] = {}
         for model in models_of(jobs):
             unique.setdefault(self.config(model).fingerprint() + model.method, model)
-        rows = []
-        for model in progress_bars.iterate(list(unique.values()), desc="models", disable=not progress, leave=True):
+
+        def busy(model: Model) -> bool:
+            return method_spec(model.method).trainable and run_busy(self.run_dir(model))
+
+        rows = {}
+        for model in progress_bars.iterate(free_first(unique.values(), busy), desc="models", disable=not progress,
+                                           leave=True, total=len(unique)):
             cfg = self.config(model)
             row = {"method": model.method, "label": model.label, "trained_on": self.trained_on(model.method, model.target),
                    "epochs": cfg.train.epochs if method_spec(model.method).trainable else 0,
                    "fingerprint": cfg.fingerprint()}
+            if method_spec(model.method).trainable and run_busy(self.run_dir(model)):
+                with run_lock(self.run_dir(model)):  # only busy ones left: wait for the other process, then reuse
+                    pass
             if not method_spec(model.method).trainable:
                 row.update(status="training-free", seconds=0.0, final_loss=float("nan"))
             elif self.is_trained(model):
@@ -326,8 +384,8 @@ class Study:
                 row.update(status="trained", seconds=round(time.perf_counter() - started, 1),
                            final_loss=result.history[-1]["total"] if result.history else float("nan"))
             row["run_folder"] = str(self.run_dir(model))
-            rows.append(row)
-        frame = pd.DataFrame(rows)
+            rows[model] = row
+        frame = pd.DataFrame([rows[model] for model in unique.values()])  # in the jobs' order
         return frame if frame.label.astype(bool).any() else frame.drop(columns="label")
 
     # -- step: evaluate -----------------------------------------------------------------------------------------
@@ -356,11 +414,19 @@ class Study:
     def evaluation(self, job: EvalJob, progress: bool = False, recompute: bool = False) -> Evaluation:
         """Per-class metrics of the job's model on its target, from the cache or computed now (training the model
         first if it has no checkpoint) and stored."""
-        from ..engine.infer import evaluate
-
         cached = None if recompute else self.cached_evaluation(job)
         if cached is not None:
             return cached
+        with io.file_lock(self._eval_lock(job)):  # a notebook beside this one computing it too: wait, then read it
+            cached = None if recompute else self.cached_evaluation(job)
+            return cached if cached is not None else self._compute_evaluation(job, progress, recompute)
+
+    def _eval_lock(self, job: EvalJob) -> Path:
+        return self._eval_path(job).with_suffix(".lock")
+
+    def _compute_evaluation(self, job: EvalJob, progress: bool, recompute: bool) -> Evaluation:
+        from ..engine.infer import evaluate
+
         cfg = self.config(job.model)
         det = self.detector(job.model, progress)
         hooks = []
@@ -385,10 +451,14 @@ class Study:
         """Evaluate every job (a cached result is read back unless its method is listed in `recompute`, or
         `recompute` is True) and show one row per job: what was evaluated, the class means of `metrics` in %, and
         whether it was computed now or read from the run folder."""
-        rows = []
         jobs = [j for j in dict.fromkeys(jobs) if isinstance(j, EvalJob)]
-        for job in progress_bars.iterate(jobs, desc="evaluations", disable=not progress, leave=True):
+        by_job = {}
+        for job in progress_bars.iterate(free_first(jobs, lambda j: io.lock_busy(self._eval_lock(j))),
+                                         desc="evaluations", disable=not progress, leave=True, total=len(jobs)):
             again = recompute is True or job.method in (recompute or ())
+            if not again and io.lock_busy(self._eval_lock(job)):
+                with io.file_lock(self._eval_lock(job)):  # only busy ones left: wait for the other process
+                    pass
             stored = None if again else self.cached_evaluation(job)
             started = time.perf_counter()
             ev = stored or self.evaluation(job, progress=progress, recompute=again)
@@ -397,8 +467,8 @@ class Study:
             row.update({m: 100 * ev.mean(m) for m in metrics})
             row.update(status="read from cache" if stored is not None else "computed",
                        seconds=0.0 if stored is not None else round(time.perf_counter() - started, 1))
-            rows.append(row)
-        frame = pd.DataFrame(rows)
+            by_job[job] = row
+        frame = pd.DataFrame([by_job[job] for job in jobs])  # in the jobs' order
         return frame if len(frame) and frame.label.astype(bool).any() else frame.drop(columns="label", errors="ignore")
 
     # -- samples for figures ------------------------------------------------------------------------------------
@@ -453,11 +523,14 @@ class Study:
         for model in models_of(jobs):
             cfg = self.config(model)
             trainable = method_spec(model.method).trainable
-            uses = method_spec(model.method).cls.uses_backbones
+            spec = method_spec(model.method)
+            uses = spec.cls.backbones_used(spec.options_from(cfg.options))
             b = cfg.backbone
             rows.append({"method": model.method, "label": model.label,
                          "trained on": self.trained_on(model.method, model.target), "evaluated on": model.target,
-                         "epochs": cfg.train.epochs if trainable else 0,
+                         # a step-counted run (AnomalyVFM's train.steps) says so instead of an epoch count
+                         "epochs": ((f"{cfg.train.steps} steps" if cfg.train.steps else cfg.train.epochs)
+                                    if trainable else 0),
                          "batch": cfg.train.batch_size if trainable else 0,
                          "precision": b.precision, "image size": cfg.image_size,
                          "CLIP": f"{b.clip.model} ({b.clip.pretrained}) @ {b.clip.image_size}"

@@ -232,7 +232,8 @@ def paired_test_view(test: pd.DataFrame) -> pd.DataFrame:
 def summary_fragment(frame: pd.DataFrame, test: pd.DataFrame | None = None,
                      metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc", "pixel_aupro_legacy")) -> str:
     """Per dataset: each method's reproduced class mean (95% CI) beside the paper's, the best reproduced value of
-    each metric in bold with a star; then SSVP against the best other method."""
+    each metric in bold with a star, and what trained the method here (and, where it differs, what trained the
+    published one); then SSVP against the best other method."""
     ref = tables.paper_reference_label(frame)
     paper_head = "paper (reference)" if ref else "paper"
     parts = []
@@ -251,10 +252,16 @@ def summary_fragment(frame: pd.DataFrame, test: pd.DataFrame | None = None,
                     value = f"<b>★ {value}</b>"
                 ci = "" if math.isnan(r.get("ci_low", math.nan)) else f" <small>{tables.format_ci(r.ci_low, r.ci_high)}</small>"
                 cells.append(f"<td>{value}{ci}</td><td>{format_number(r.paper)}</td>")
-            rows.append(f"<tr><td>{_html.escape(method)}</td>{''.join(cells)}</tr>")
+            first = sub[sub.method == method].iloc[0]
+            trained = _html.escape(str(first.get("trained_on", "")))
+            published = str(first.get("paper_trained_on", trained))
+            if published != trained:
+                trained += f" <small>(paper: {_html.escape(published)})</small>"
+            rows.append(f"<tr><td>{_html.escape(method)}</td><td>{trained}</td>{''.join(cells)}</tr>")
         title = f"{_html.escape(ds)}" + (f" (paper values: {_html.escape(tables._title(sub.paper_dataset.iloc[0]))}, "
                                          "for reference only)" if ref else "")
-        parts.append(f"<h3>{title}</h3><table border='1' style='{STYLE}'><tr><th>method</th>{head}</tr>{''.join(rows)}</table>")
+        parts.append(f"<h3>{title}</h3><table border='1' style='{STYLE}'><tr><th>method</th><th>trained on</th>{head}"
+                     f"</tr>{''.join(rows)}</table>")
         if test is not None and len(test):
             lines = []
             for _, t in test[test.dataset == ds].iterrows():
