@@ -90,15 +90,32 @@ def cost_key(cfg: RunConfig) -> str:
         backbone.pop(key, None)
     for tower in ("clip", "dino"):
         backbone[tower].pop("pretrained", None)
-    text = json.dumps({"method": cfg.method, "backbone": backbone, "image_size": cfg.image_size}, sort_keys=True,
-                      default=str)
+    identity = {"method": cfg.method, "backbone": backbone, "image_size": cfg.image_size}
+    used = _towers(cfg)
+    if used != _fixed_towers(cfg):
+        # VisualAD and AnomalyVFM build one tower or the other by an option; the methods with fixed towers keep the
+        # keys their stored counts were written under
+        identity["towers"] = list(used)
+    text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def describe_backbones(cfg: RunConfig) -> str:
+def _fixed_towers(cfg: RunConfig) -> tuple[str, ...]:
     from ..methods import method_spec
 
-    uses = method_spec(cfg.method).cls.uses_backbones
+    return tuple(method_spec(cfg.method).cls.uses_backbones)
+
+
+def _towers(cfg: RunConfig) -> tuple[str, ...]:
+    """The backbones a run with this config builds (VisualAD and AnomalyVFM choose by an option)."""
+    from ..methods import method_spec
+
+    spec = method_spec(cfg.method)
+    return tuple(spec.cls.backbones_used(spec.options_from(cfg.options)))
+
+
+def describe_backbones(cfg: RunConfig) -> str:
+    uses = _towers(cfg)
     parts = []
     if "clip" in uses:
         parts.append(f"{cfg.backbone.clip.model}@{cfg.backbone.clip.image_size}")
