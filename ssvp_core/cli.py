@@ -370,7 +370,7 @@ def _plan(args):
 
 def cmd_plan(args) -> int:
     plan = _plan(args)
-    print(plan.render())
+    print(plan.render(by_method=args.by_method))
     if args.csv:
         from . import io
 
@@ -482,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: the workspace's bench/results/gpu.md when it exists)")
         if name == "plan":
             p.add_argument("--csv", metavar="FILE", help="also write the job table as CSV")
+            p.add_argument("--by-method", action="store_true",
+                           help="one row per method (jobs, TFLOP, GPU-hours) instead of one per job")
         else:
             p.add_argument("--executor", default="local", choices=["local", "ray"],
                            help="local: one job after the other in this process (default); ray: one task per job on "

@@ -75,30 +75,54 @@ class LocalRayCluster:
         self.pgids: set[int] = set()
         self.workers = workers
 
-    def _start(self, *args: str) -> None:
-        """One `ray start`, tried up to three times: a raylet gives its dashboard agent 15 s (fixed in Ray) to start,
-        which a loaded 2-core machine does not always meet; what a failed try left running is killed first."""
+    def alive_nodes(self, timeout: float = 120) -> int:
+        """How many nodes the cluster's GCS lists as alive, asked by a driver of its own (-1: it did not answer)."""
+        probe = ("import ray; ray.init(address=%r, log_to_driver=False, include_dashboard=False); "
+                 "print(sum(n['Alive'] for n in ray.nodes()))" % self.address)
+        try:
+            out = subprocess.run([sys.executable, "-c", probe], env=_env(), capture_output=True, text=True,
+                                 timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return -1
+        lines = out.stdout.strip().splitlines()
+        return int(lines[-1]) if out.returncode == 0 and lines and lines[-1].isdigit() else -1
+
+    def _registered_late(self, nodes: int, wait: float = 120) -> bool:
+        """`ray start` gives its raylet a fixed 30 s (ray/_private/node.py) to appear in the GCS and then exits 1,
+        leaving the raylet running; on a loaded machine it registers a little later and serves like any node."""
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            if self.alive_nodes() >= nodes:
+                return True
+            time.sleep(5)
+        return False
+
+    def _start(self, *args: str, nodes: int) -> None:
+        """One `ray start`, for a cluster of `nodes` alive nodes once it has started. Ray waits a fixed 30 s for the
+        new raylet to register, which a loaded 2-core machine does not always meet: a try that timed out is given
+        two more minutes to register before what it left running is killed and the start tried again (three tries)."""
         for attempt in range(3):
             grpc, listen, metrics, runtime_env = _free_ports(4)
             command = [str(RAY), "start", "--node-ip-address=127.0.0.1", "--num-gpus=0", "--disable-usage-stats",
                        f"--dashboard-agent-grpc-port={grpc}", f"--dashboard-agent-listen-port={listen}",
                        f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
                        "--object-store-memory=100000000", *args]
-            proc = subprocess.Popen(command, env=_env(RAY_raylet_start_wait_time_s="90"), stdout=subprocess.PIPE,
+            proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True,
                                     start_new_session=True)  # its pid is the group id of every process it starts
             self.pgids.add(proc.pid)
             out, _ = proc.communicate(timeout=300)
-            if proc.returncode == 0:
+            if proc.returncode == 0 or ("timed out during startup" in out and self._registered_late(nodes)):
                 return
             self._kill({proc.pid})
         raise AssertionError(f"`ray start {' '.join(args)}` failed three times:\n{out[-3000:]}")
 
     def start(self) -> None:
         self._start("--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=false",
-                    f"--temp-dir={self.temp}")
-        for _ in range(self.workers):  # one after the other: agents starting side by side are slower
-            self._start(f"--address={self.address}", "--num-cpus=1")
+                    f"--temp-dir={self.temp}", nodes=1)
+        for worker in range(self.workers):  # one after the other: agents starting side by side are slower
+            self._start(f"--address={self.address}", "--num-cpus=1", nodes=2 + worker)
+        assert self.alive_nodes() == 1 + self.workers
 
     @staticmethod
     def _kill(pgids: set[int]) -> list[int]:

@@ -10,7 +10,7 @@ import pytest
 from ssvp_core.cli import main
 from ssvp_core.errors import SSVPError
 from ssvp_core.reports.catalog import PAGES
-from ssvp_core.reports.costs import FlopCount, Throughput, cost_key, count_flops, read_counts
+from ssvp_core.reports.costs import FlopCount, Throughput, cost_key, count_flops, describe_backbones, read_counts
 from ssvp_core.reports.experiments import EvalJob, Model, Study
 from ssvp_core.reports.plan import build_plan, eval_id, expected_classes, train_id
 
@@ -114,12 +114,39 @@ def test_the_paper_plan_estimates_every_job_from_the_stored_counts(workspace):
     assert plan.totals()["gpu_hours"] > 1
 
 
+def test_a_method_that_chooses_its_backbone_by_option_is_counted_per_backbone():
+    """VisualAD builds CLIP or a DINOv2 ViT by `options.backbone`: two shapes, two counts, each named by its tower."""
+    study = Study("smoke")
+    on_clip = study.config(Model("visualad", "synth-b"))
+    on_dino = study.config(Model("visualad", "synth-b", extra=("options.backbone=dinov2",)))
+    assert cost_key(on_clip) != cost_key(on_dino)
+    assert describe_backbones(on_clip) == f"{on_clip.backbone.clip.model}@{on_clip.backbone.clip.image_size}"
+    assert describe_backbones(on_dino) == f"{on_dino.backbone.dino.model}@{on_dino.backbone.dino.image_size}"
+
+
+def test_the_cost_tables_are_not_page_inputs(tmp_path, monkeypatch):
+    """A new FLOP count or dataset size (read by `ssvp plan` alone) re-runs no notebook; any other data file does."""
+    from ssvp_core.reports import runner
+
+    package = tmp_path / "ssvp_core"
+    (package / "reports" / "data").mkdir(parents=True)
+    (package / "reports" / "data" / "costs.csv").write_text("a\n")
+    (package / "reports" / "data" / "reported.csv").write_text("b\n")
+    monkeypatch.setattr(runner, "PACKAGE", package)
+    before = runner.sources_digest()
+    (package / "reports" / "data" / "costs.csv").write_text("changed\n")
+    (package / "reports" / "data" / "dataset_sizes.csv").write_text("new\n")
+    assert runner.sources_digest() == before
+    (package / "reports" / "data" / "reported.csv").write_text("changed\n")
+    assert runner.sources_digest() != before
+
+
 @pytest.mark.slow
 def test_the_stored_smoke_counts_are_what_counting_gives_now():
     """The shipped table is not stale: counting SSVP's and DAPO's smoke models again gives the stored numbers
     (FLOP counts depend on shapes only)."""
     stored = read_counts()
-    for method in ("ssvp", "dapo"):
+    for method in ("ssvp", "dapo", "visualad", "anomalyvfm"):
         fresh = count_flops("smoke", method)
         assert stored[fresh.cost_key] == fresh
 

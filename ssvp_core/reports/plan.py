@@ -101,8 +101,28 @@ class Plan:
                 "gpu_hours": hours(self.jobs), "gpu_hours_remaining": hours(self.todo()),
                 "unestimated": [j.id for j in self.jobs if j.gpu_hours is None]}
 
-    def render(self) -> str:
-        """The plan as text: the job table, then the totals and the assumptions behind them."""
+    def by_method(self) -> pd.DataFrame:
+        """Per method: its trainings and evaluations, their TFLOP and GPU-hours, and how many jobs have no estimate
+        (the paper profile's cost table in the README); a last row sums them."""
+        rows = []
+        for method in dict.fromkeys(job.method for job in self.jobs):
+            jobs = [j for j in self.jobs if j.method == method]
+            train = [j for j in jobs if j.kind == "train"]
+            evaluate = [j for j in jobs if j.kind == "evaluate"]
+            rows.append({"method": method, "trainings": len(train), "evaluations": len(evaluate),
+                         "TFLOP": sum(j.gflops for j in jobs if j.gflops is not None) / 1e3,
+                         "GPU-h train": sum(j.gpu_hours for j in train if j.gpu_hours is not None),
+                         "GPU-h evaluate": sum(j.gpu_hours for j in evaluate if j.gpu_hours is not None),
+                         "no estimate": sum(j.gpu_hours is None for j in jobs),
+                         "to run": sum(not j.done for j in jobs)})
+        frame = pd.DataFrame(rows)
+        total = frame.drop(columns=["method"]).sum()
+        frame.loc[len(frame)] = {"method": "total", **total.to_dict()}
+        return frame
+
+    def render(self, by_method: bool = False) -> str:
+        """The plan as text: the job table (or, `by_method`, one row per method), then the totals and the
+        assumptions behind them."""
         frame = self.frame()
         shown = frame.drop(columns=["notes"]).copy()
         shown["TFLOP"] = [_fmt(v) for v in frame["TFLOP"]]
@@ -117,7 +137,7 @@ class Plan:
         lines = [f"plan for profile {self.study.profile!r}, pages {' '.join(self.pages)}; workspace "
                  f"{self.study.workspace.root}" + (f"; overrides {' '.join(self.study.overrides)}"
                                                    if self.study.overrides else ""), "",
-                 shown.to_markdown(index=False, disable_numparse=True), "",
+                 self._method_table() if by_method else shown.to_markdown(index=False, disable_numparse=True), "",
                  f"{t['trainings']} trainings ({t['trainings_done']} done), {t['evaluations']} evaluations "
                  f"({t['evaluations_done']} done)",
                  f"estimated GPU-hours: {_fmt(t['gpu_hours'])} in total, {_fmt(t['gpu_hours_remaining'])} remaining "
@@ -128,6 +148,14 @@ class Plan:
                          "them out")
         lines += [f"note: {n}" for n in notes]
         return "\n".join(lines)
+
+    def _method_table(self) -> str:
+        shown = self.by_method()
+        for column in ("TFLOP", "GPU-h train", "GPU-h evaluate"):
+            shown[column] = [_fmt(v) for v in shown[column]]
+        for column in ("trainings", "evaluations", "no estimate", "to run"):
+            shown[column] = [f"{int(v)}" for v in shown[column]]
+        return shown.to_markdown(index=False, disable_numparse=True)
 
     def rate_note(self) -> str:
         tp = self.throughput
