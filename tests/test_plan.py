@@ -87,6 +87,24 @@ def test_the_cost_of_each_job_follows_the_counts_sizes_and_schedule(workspace):
     assert expected_classes(1, 8) == 1 and expected_classes(5, 1) == pytest.approx(1.0)
 
 
+def test_the_per_method_table_adds_up_to_the_jobs(workspace, capsys):
+    study = Study("smoke", overrides=["train.epochs=3"])
+    study.ensure_data()
+    plan = build_plan(study, ["tsne", "dapo", "table2"], counts=_counts(study))
+    table = plan.by_method().set_index("method")
+    ssvp_jobs = [j for j in plan.jobs if j.method == "ssvp"]
+    assert table.loc["ssvp", "trainings"] == sum(j.kind == "train" for j in ssvp_jobs)
+    assert table.loc["ssvp", "GPU-h train"] == pytest.approx(sum(j.gpu_hours for j in ssvp_jobs if j.kind == "train"))
+    assert table.loc["ssvp", "TFLOP"] == pytest.approx(sum(j.gflops for j in ssvp_jobs) / 1e3)
+    unestimated = [j for j in plan.jobs if j.gpu_hours is None]
+    assert table.loc["total", "no estimate"] == len(unestimated) > 0  # anomalyclip & co have no made-up count
+    assert table.loc["total", "GPU-h train"] + table.loc["total", "GPU-h evaluate"] == pytest.approx(
+        plan.totals()["gpu_hours"])
+    assert main(["plan", "--profile", "smoke", "--only", "dapo", "--by-method"]) == 0
+    out = capsys.readouterr().out
+    assert "| dapo " in out and "| total " in out and "eval/dapo/" not in out  # one row per method, no job rows
+
+
 def test_a_measured_gpu_table_replaces_the_assumed_rate(workspace):
     table = workspace / "gpu.md"
     table.write_text("Device: NVIDIA H200\n\n| method | batch | ms/img | peak memory (MiB) |\n|---|---|---|---|\n"
