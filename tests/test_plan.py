@@ -87,6 +87,20 @@ def test_the_cost_of_each_job_follows_the_counts_sizes_and_schedule(workspace):
     assert expected_classes(1, 8) == 1 and expected_classes(5, 1) == pytest.approx(1.0)
 
 
+def test_a_step_counted_training_costs_its_steps_not_its_epochs(workspace):
+    """AnomalyVFM's release counts optimiser steps (`train.steps`): the cost is steps x batch images, whatever
+    `train.epochs` says."""
+    study = Study("smoke", overrides=["train.epochs=3", "train.steps=7"])
+    study.ensure_data()
+    plan = build_plan(study, ["dapo"], counts=_counts(study))
+    dapo = next(j for j in plan.jobs if j.kind == "train")
+    n, classes, batch = 90, 5, study.config(dapo.model).train.batch_size
+    per_epoch = n * 3.0 + math.ceil(n / batch) * classes * (1 - (1 - 1 / classes) ** batch) * 5.0
+    assert dapo.epochs == pytest.approx(7 * batch / n)
+    assert dapo.gflops == pytest.approx(7 * batch / n * per_epoch)
+    assert f"7 steps of {batch} images" in dapo.notes[0]
+
+
 def test_the_per_method_table_adds_up_to_the_jobs(workspace, capsys):
     study = Study("smoke", overrides=["train.epochs=3"])
     study.ensure_data()

@@ -42,7 +42,7 @@ class PlannedJob:
     labels: list[str] = field(default_factory=list)
     done: bool = False
     images: int | None = None  # training: images per epoch; evaluation: test images
-    epochs: int = 0
+    epochs: float = 0  # passes over the data (fractional for a step-counted training)
     gflops: float | None = None
     gpu_hours: float | None = None
     rate: str = ""  # where the sustained TFLOP/s comes from
@@ -131,7 +131,7 @@ class Plan:
                              for v in frame["peak MiB"]]
         shown["images"] = ["?" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{int(v)}"
                            for v in frame["images"]]
-        shown["epochs"] = ["" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{int(v)}"
+        shown["epochs"] = ["" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
                            for v in frame["epochs"]]
         t = self.totals()
         lines = [f"plan for profile {self.study.profile!r}, pages {' '.join(self.pages)}; workspace "
@@ -300,6 +300,9 @@ def _estimate(study: Study, jobs: list[PlannedJob], throughput: Throughput, coun
         if job.kind == "train":
             batch = cfg.train.batch_size
             steps = math.ceil(job.images / batch)
+            if cfg.train.steps > 0:  # step-counted (AnomalyVFM): steps x batch images, in passes over the data
+                job.epochs = cfg.train.steps * batch / job.images
+                job.notes.append(f"{cfg.train.steps} steps of {batch} images ({job.epochs:.3g} passes over the data)")
             per_epoch = job.images * count.step_per_image + steps * expected_classes(classes, batch) * count.step_per_class
             cached = count.cacheable and bool(cfg.train.feature_cache) and cfg.train.mosaic == 0
             frozen = job.images * count.frozen_per_image
