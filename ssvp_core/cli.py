@@ -1,4 +1,4 @@
-"""`ssvp` command line: data, train, eval, predict, reproduce.
+"""`ssvp` command line: data, train, eval, predict, plan, run-plan, reproduce.
 
 Exit status: 0 done; 1 done, but something needs a look (`predict` / `eval` of your own folder left out files that
 could not be read, and say which; `data verify` found problems; a notebook of `reproduce` failed); 2 a user error
@@ -355,6 +355,50 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def _plan(args):
+    from .reports.costs import Throughput
+    from .reports.efficiency import GPU_TABLE
+    from .reports.experiments import Study
+    from .reports.plan import build_plan
+
+    study = Study(args.profile, overrides=args.set or ())
+    study.ensure_data()  # the profile's generated data (smoke, rehearsal): the plan counts its images
+    table = Path(args.gpu_table) if args.gpu_table else study.workspace.path(GPU_TABLE)
+    throughput = Throughput.from_gpu_table(table, gpu=args.gpu, utilisation=args.utilisation)
+    return build_plan(study, args.only, throughput)
+
+
+def cmd_plan(args) -> int:
+    plan = _plan(args)
+    print(plan.render(by_method=args.by_method))
+    if args.csv:
+        from . import io
+
+        io.write_text(Path(args.csv), plan.frame().to_csv(index=False))
+    return 0
+
+
+def cmd_run_plan(args) -> int:
+    from .reports.execute import run_plan
+
+    plan = _plan(args)
+    totals = plan.totals()
+    remaining = len(plan.todo())
+    print(f"{remaining} of {len(plan.jobs)} job(s) to run for pages {' '.join(plan.pages)} "
+          f"(estimated {totals['gpu_hours_remaining']:.3g} GPU-h; `ssvp plan` lists them)")
+    summary = run_plan(plan, args.executor, address=args.address, gpus_per_job=args.gpus_per_job,
+                       cpus_per_job=args.cpus_per_job, retries=args.retries)
+    print(summary.render())
+    if summary.failed:
+        print(f"{len(summary.failed)} job(s) failed or were skipped; their errors are above and in {summary.folder}",
+              file=sys.stderr)
+        return 1
+    again = " ".join([f"--profile {args.profile}"] + (["--only " + " ".join(args.only)] if args.only else [])
+                     + [f"--set {s}" for s in args.set or []])
+    print(f"every job is done: `ssvp reproduce {again}` renders the pages from these runs without training")
+    return 0
+
+
 def cmd_workspace(args) -> int:
     from .workspace import find
 
@@ -418,6 +462,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("workspace", help="show the workspace root, how it was found, and where data, runs and reports go")
     p.set_defaults(func=cmd_workspace)
+    for name, func, helptext in (
+            ("plan", cmd_plan, "list every training and evaluation the pages need (deduplicated), what the workspace "
+                               "already holds, and their cost (FLOPs, GPU-hours)"),
+            ("run-plan", cmd_run_plan, "run the plan's remaining jobs: in this process, or on a Ray cluster "
+                                       "(--executor ray)")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--profile", default="smoke", help="smoke | rehearsal | paper | a preset YAML")
+        p.add_argument("--only", nargs="+", metavar="PAGE", help="pages (default: all): table1 table2 table3 table4 "
+                                                                 "table5 qualitative tsne sensitivity efficiency vip2clip dapo")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="config override applied to every experiment (pass the same to `ssvp reproduce`)")
+        p.add_argument("--gpu", default="A100", choices=["A100", "H100", "L40S"],
+                       help="GPU class of the estimate (its dense peak TFLOP/s per precision; default A100)")
+        p.add_argument("--utilisation", type=float, default=0.4,
+                       help="share of the peak the jobs sustain (default 0.4, an assumption)")
+        p.add_argument("--gpu-table", metavar="FILE",
+                       help="bench/gpu.py's table: its measured ms/img replaces the assumption for the methods it has "
+                            "(default: the workspace's bench/results/gpu.md when it exists)")
+        if name == "plan":
+            p.add_argument("--csv", metavar="FILE", help="also write the job table as CSV")
+            p.add_argument("--by-method", action="store_true",
+                           help="one row per method (jobs, TFLOP, GPU-hours) instead of one per job")
+        else:
+            p.add_argument("--executor", default="local", choices=["local", "ray"],
+                           help="local: one job after the other in this process (default); ray: one task per job on "
+                                "the Ray cluster at --address / $RAY_ADDRESS / started here with `ray start`")
+            p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else the one on this machine)")
+            p.add_argument("--gpus-per-job", type=float,
+                           help="GPUs each job requests from Ray (default: 1 when the cluster has GPUs, else 0)")
+            p.add_argument("--cpus-per-job", type=float,
+                           help="CPUs each job requests from Ray (default: the cluster's CPUs per GPU, or 1)")
+            p.add_argument("--retries", type=int, default=3,
+                           help="times Ray retries a job whose worker process or node died (default 3); it resumes "
+                                "from its last checkpoint")
+        p.set_defaults(func=func)
     p = sub.add_parser("reproduce", help="run the notebooks (papermill) and build reports/<profile>/index.html")
     p.add_argument("--profile", default="smoke", help="smoke (tiny models, synthetic data) | rehearsal (the paper's settings on tiny models and "
                                                              "replicas of the real layouts) | paper | a preset YAML")

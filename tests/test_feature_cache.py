@@ -12,7 +12,10 @@ import torch
 
 from rounding import assert_equal_to_rounding, assert_metrics_equal_to_rounding, rounding_rtol
 from tiny import smoke_config
+from ssvp_core.data.loader import AnomalyDataset
+from ssvp_core.data.registry import read_dataset
 from ssvp_core.engine import feature_cache
+from ssvp_core.engine.batches import collate
 from ssvp_core.engine.infer import evaluate
 from ssvp_core.engine.train import train
 from ssvp_core.methods import build_detector
@@ -75,6 +78,29 @@ def test_the_cache_is_built_once_and_shared_by_runs_with_the_same_features(synth
     os.utime(changed, (1, 1))
     train(_cfg(copy, tmp_path), progress=False)
     assert len(_folders(tmp_path / "features")) == 2
+
+
+def test_a_cache_built_for_one_method_is_never_read_by_another(synth_root, tmp_path):
+    """APRIL-GAN and Bayes-PFL tap the same backbone the same way, but their "global" features differ (normalised
+    or not): a Bayes-PFL run after an APRIL-GAN one builds its own cache and reads its own features."""
+    device = torch.device("cpu")
+
+    def cached(method):
+        # the same backbone settings for both, as the smoke and rehearsal presets give them
+        cfg = smoke_config(method, f"out_dir={tmp_path}", "train.classes=[weave]", "backbone.precision=fp32",
+                           "backbone.clip.activation=gelu", root=synth_root)
+        detector = build_detector(cfg).eval()
+        samples = read_dataset(cfg.train.dataset, cfg.path(cfg.train.root), "test", cfg.train.classes)
+        return detector, samples, cfg, feature_cache.build_or_open(detector, samples, cfg, device, progress=False)
+
+    cached("aprilgan")
+    detector, samples, cfg, cache = cached("bayes_pfl")
+    assert len(_folders(tmp_path / "features")) == 2  # one per method
+    dataset = AnomalyDataset(samples, cfg.image_size, detector.input_sizes(), masks=False)
+    direct = detector.frozen_features(collate([dataset[0], dataset[1]]))["global"]
+    # another batch composition than the build's: float32 rounding of sums up to the tiny towers' MLP width (512)
+    assert_equal_to_rounding(cache.take([0, 1], device)["global"], direct, rounding_rtol(512), "global")
+    assert (direct.norm(dim=-1) - 1).abs().min() > 1e-2  # Bayes-PFL's own, not APRIL-GAN's unit vectors
 
 
 def test_an_interrupted_build_leaves_nothing_that_would_be_read(synth_root, tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 
 The install test cannot download anything (no network in CI time for a multi-GB torch), so it builds a fresh venv
 whose only way to see the dependencies is a .pth line pointing at this interpreter's site-packages, and installs a
-copy of the source with `pip --isolated install --no-index --no-build-isolation ".[notebooks,dev]"`. With --no-index
+copy of the source with `pip --isolated install --no-index --no-build-isolation ".[notebooks,dev,cluster]"`. With --no-index
 and --isolated (no configured find-links folder either) pip can use nothing but the distributions already installed, so the install succeeds only if every declared range (extras
 included) accepts the installed pinned version; the package, its data files and its console script are then used
 from outside the repository. What it does not prove: that PyPI resolves the ranges in an empty environment, or that
@@ -86,7 +86,7 @@ def test_pip_install_into_a_fresh_venv_gives_a_working_ssvp(tmp_path):
     env.update(HF_HUB_OFFLINE="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
     # --isolated: no pip configuration or PIP_* variable (a find-links folder of wheels) may offer other versions
     install = subprocess.run([python, "-m", "pip", "--isolated", "install", "--no-index", "--no-build-isolation",
-                              f"{source}[notebooks,dev]"],
+                              f"{source}[notebooks,dev,cluster]"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
     where = subprocess.check_output([python, "-c", "import ssvp_core; print(ssvp_core.__file__)"], cwd=tmp_path, env=env,

@@ -79,7 +79,10 @@ def cache_key(detector, samples: Sequence[Sample], dtype: str) -> str:
     for s in samples:
         st = Path(s.image).stat()
         images.update(f"{Path(s.image).resolve()}|{st.st_size}|{int(st.st_mtime)}\n".encode())
-    spec = {"version": CACHE_VERSION, "method_features": detector.feature_spec(), "backbone": backbone, "weights": weights,
+    # the method is part of the identity: methods name different things alike (APRIL-GAN's "global" is normalised,
+    # Bayes-PFL's is not), so a cache one method built is never read by another
+    spec = {"version": CACHE_VERSION, "method": detector.name, "method_features": detector.feature_spec(),
+            "backbone": backbone, "weights": weights,
             "sizes": sorted(set(detector.input_sizes())), "dtype": dtype, "images": images.hexdigest()}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

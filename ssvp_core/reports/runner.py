@@ -39,9 +39,16 @@ DEFAULT_NOTEBOOKS = NOTEBOOKS
 ORDER = list(PAGES)
 
 
+# read by `ssvp plan` alone, never by a page: a new FLOP count or dataset size must not re-run every notebook
+NOT_PAGE_INPUTS = frozenset({"reports/data/costs.csv", "reports/data/dataset_sizes.csv"})
+
+
 def sources_digest() -> str:
+    """What every page's outputs depend on in the package: its code, presets and data files."""
     h = hashlib.sha256()
     for p in sorted(PACKAGE.rglob("*")):
+        if p.relative_to(PACKAGE).as_posix() in NOT_PAGE_INPUTS:
+            continue
         if p.suffix in (".py", ".yaml", ".csv", ".json") and "__pycache__" not in p.parts:
             h.update(p.relative_to(PACKAGE).as_posix().encode())
             h.update(p.read_bytes())
