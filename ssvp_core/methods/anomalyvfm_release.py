@@ -310,6 +310,23 @@ def _encoder_layers(released: dict) -> list[int]:
     return sorted({int(m[1]) for k in released if (m := re.match(r"encoder\.layers\.(\d+)\.", k))})
 
 
+def _copy_renamed(out: dict, released: dict, renames) -> None:
+    """The weight and bias of each (released module, our module) pair, under our name."""
+    for theirs, ours in renames:
+        for kind in ("weight", "bias"):
+            out[f"{ours}.{kind}"] = released[f"{theirs}.{kind}"]
+
+
+def _encoder_blocks(out: dict, released: dict, block: str, qkv: tuple[str, str], renames) -> None:
+    """transformers' `encoder.layers.<i>` -> our `block.format(i)`: q/k/v fused into the `qkv` (weight, bias) names,
+    the other modules renamed as `renames` says."""
+    for i in _encoder_layers(released):
+        src, dst = f"encoder.layers.{i}", block.format(i)
+        fused = _split_qkv(released, f"{src}.self_attn")
+        out[f"{dst}.{qkv[0]}"], out[f"{dst}.{qkv[1]}"] = fused["weight"], fused["bias"]
+        _copy_renamed(out, released, [(f"{src}.{theirs}", f"{dst}.{ours}") for theirs, ours in renames])
+
+
 def _clip_to_open_clip(released: dict, detector) -> dict:
     """transformers' CLIPVisionTransformer -> open_clip's VisionTransformer (OpenAI names)."""
     cfg = detector.backbone_cfg.clip
@@ -321,14 +338,9 @@ def _clip_to_open_clip(released: dict, detector) -> dict:
            "positional_embedding": torch.cat([pos[:1], _resize_grid(pos[1:], tuple(detector.grid), *mode)]),
            "ln_pre.weight": released["pre_layrnorm.weight"], "ln_pre.bias": released["pre_layrnorm.bias"],
            "ln_post.weight": released["post_layernorm.weight"], "ln_post.bias": released["post_layernorm.bias"]}
-    for i in _encoder_layers(released):
-        src, dst = f"encoder.layers.{i}", f"transformer.resblocks.{i}"
-        qkv = _split_qkv(released, f"{src}.self_attn")
-        out[f"{dst}.attn.in_proj_weight"], out[f"{dst}.attn.in_proj_bias"] = qkv["weight"], qkv["bias"]
-        for theirs, ours in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
-                             ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
-            for kind in ("weight", "bias"):
-                out[f"{dst}.{ours}.{kind}"] = released[f"{src}.{theirs}.{kind}"]
+    _encoder_blocks(out, released, "transformer.resblocks.{}", ("attn.in_proj_weight", "attn.in_proj_bias"),
+                    (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
+                     ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")))
     return out
 
 
@@ -349,16 +361,9 @@ def _siglip2_to_timm(released: dict, detector) -> dict:
     in_w, in_b = released["head.attention.in_proj_weight"], released["head.attention.in_proj_bias"]
     out.update({"attn_pool.q.weight": in_w[:width], "attn_pool.q.bias": in_b[:width],
                 "attn_pool.kv.weight": in_w[width:], "attn_pool.kv.bias": in_b[width:]})
-    for theirs, ours in (("head.attention.out_proj", "attn_pool.proj"), ("head.layernorm", "attn_pool.norm"),
-                         ("head.mlp.fc1", "attn_pool.mlp.fc1"), ("head.mlp.fc2", "attn_pool.mlp.fc2")):
-        for kind in ("weight", "bias"):
-            out[f"{ours}.{kind}"] = released[f"{theirs}.{kind}"]
-    for i in _encoder_layers(released):
-        src, dst = f"encoder.layers.{i}", f"blocks.{i}"
-        qkv = _split_qkv(released, f"{src}.self_attn")
-        out[f"{dst}.attn.qkv.weight"], out[f"{dst}.attn.qkv.bias"] = qkv["weight"], qkv["bias"]
-        for theirs, ours in (("self_attn.out_proj", "attn.proj"), ("layer_norm1", "norm1"), ("layer_norm2", "norm2"),
-                             ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
-            for kind in ("weight", "bias"):
-                out[f"{dst}.{ours}.{kind}"] = released[f"{src}.{theirs}.{kind}"]
+    _copy_renamed(out, released, (("head.attention.out_proj", "attn_pool.proj"), ("head.layernorm", "attn_pool.norm"),
+                                  ("head.mlp.fc1", "attn_pool.mlp.fc1"), ("head.mlp.fc2", "attn_pool.mlp.fc2")))
+    _encoder_blocks(out, released, "blocks.{}", ("attn.qkv.weight", "attn.qkv.bias"),
+                    (("self_attn.out_proj", "attn.proj"), ("layer_norm1", "norm1"), ("layer_norm2", "norm2"),
+                     ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")))
     return out
