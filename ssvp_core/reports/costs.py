@@ -91,8 +91,8 @@ def cost_key(cfg: RunConfig) -> str:
     for tower in ("clip", "dino"):
         backbone[tower].pop("pretrained", None)
     identity = {"method": cfg.method, "backbone": backbone, "image_size": cfg.image_size}
-    used = _towers(cfg)
-    if used != _fixed_towers(cfg):
+    used, fixed = _towers(cfg)
+    if used != fixed:
         # VisualAD and AnomalyVFM build one tower or the other by an option; the methods with fixed towers keep the
         # keys their stored counts were written under
         identity["towers"] = list(used)
@@ -100,22 +100,17 @@ def cost_key(cfg: RunConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _fixed_towers(cfg: RunConfig) -> tuple[str, ...]:
-    from ..methods import method_spec
-
-    return tuple(method_spec(cfg.method).cls.uses_backbones)
-
-
-def _towers(cfg: RunConfig) -> tuple[str, ...]:
-    """The backbones a run with this config builds (VisualAD and AnomalyVFM choose by an option)."""
+def _towers(cfg: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The backbones a run with this config builds (VisualAD and AnomalyVFM choose by an option), and the method's
+    declared ones."""
     from ..methods import method_spec
 
     spec = method_spec(cfg.method)
-    return tuple(spec.cls.backbones_used(spec.options_from(cfg.options)))
+    return tuple(spec.cls.backbones_used(spec.options_from(cfg.options))), tuple(spec.cls.uses_backbones)
 
 
 def describe_backbones(cfg: RunConfig) -> str:
-    uses = _towers(cfg)
+    uses, _ = _towers(cfg)
     parts = []
     if "clip" in uses:
         parts.append(f"{cfg.backbone.clip.model}@{cfg.backbone.clip.image_size}")

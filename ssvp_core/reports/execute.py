@@ -189,21 +189,17 @@ def _run_local(plan: Plan, spec: StudySpec, run_id: str, log) -> list[dict]:
     todo = plan.todo()
     for job in plan.jobs:
         if job.done:
-            rows[job.id] = {"job": job.id, "status": "already done", "attempts": 0, "where": "", "seconds": None,
-                            "error": ""}
+            rows[job.id] = _row(job.id, "already done", plan.study, run_id)
             continue
         blocked = [n for n in job.needs if rows.get(n, {}).get("status") in ("failed", "skipped")]
         if blocked:
-            rows[job.id] = {"job": job.id, "status": "skipped", "attempts": 0, "where": "", "seconds": None,
-                            "error": f"needs {', '.join(blocked)}, which failed"}
+            rows[job.id] = _row(job.id, "skipped", plan.study, run_id, f"needs {', '.join(blocked)}, which failed")
         else:
-            error = ""
             try:
-                run_job(spec, _job_spec(job), run_id, {"node": "in-process"})
+                status, error = run_job(spec, _job_spec(job), run_id, {"node": "in-process"})["status"], ""
             except Exception as e:  # reported in the summary with the attempt's traceback; the other jobs go on
-                error = f"{type(e).__name__}: {e}"
-            last = attempts(plan.study, run_id, job.id)
-            rows[job.id] = _row(job.id, "failed" if error else last[-1]["status"], plan.study, run_id, error)
+                status, error = "failed", f"{type(e).__name__}: {e}"
+            rows[job.id] = _row(job.id, status, plan.study, run_id, error)
         _progress(log, sum(1 for r in rows.values() if r["status"] != "already done"), len(todo), rows[job.id])
     return list(rows.values())
 
@@ -263,8 +259,7 @@ def _run_ray(plan: Plan, spec: StudySpec, run_id: str, address, gpus_per_job, cp
         refs, rows = {}, {}
         for job in plan.jobs:
             if job.done:
-                rows[job.id] = {"job": job.id, "status": "already done", "attempts": 0, "where": "", "seconds": None,
-                                "error": ""}
+                rows[job.id] = _row(job.id, "already done", plan.study, run_id)
                 continue
             needed = [refs[n] for n in job.needs if n in refs]
             refs[job.id] = task.options(num_gpus=gpus_per_job, num_cpus=cpus_per_job, max_retries=retries,
@@ -277,8 +272,7 @@ def _run_ray(plan: Plan, spec: StudySpec, run_id: str, address, gpus_per_job, cp
             for ref in ready:
                 job_id = pending.pop(ref)
                 try:
-                    ray.get(ref)
-                    row = _row(job_id, attempts(plan.study, run_id, job_id)[-1]["status"], plan.study, run_id)
+                    row = _row(job_id, ray.get(ref)["status"], plan.study, run_id)
                 except ray.exceptions.RayTaskError as e:
                     failed_need = [n for n in plan.job(job_id).needs if n in refs and _failed(ray, refs[n])]
                     if failed_need:  # Ray passes the training's error on to the evaluation that needed it

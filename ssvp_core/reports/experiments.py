@@ -52,14 +52,10 @@ class Model:
     label: str = field(default="", compare=False)  # how the page names it (Table 3's "A", a sensitivity value)
 
 
-@dataclass(frozen=True)
-class EvalJob:
-    """The evaluation of `model` on its target; `bootstrap`: with resamples for CIs; `multitype`: DAPO's per-type
-    segmentation."""
+class OfModel:
+    """Something about one `model` (an evaluation, a planned job): its method and target are the model's."""
 
     model: Model
-    bootstrap: bool = False
-    multitype: bool = False
 
     @property
     def method(self) -> str:
@@ -68,6 +64,16 @@ class EvalJob:
     @property
     def target(self) -> str:
         return self.model.target
+
+
+@dataclass(frozen=True)
+class EvalJob(OfModel):
+    """The evaluation of `model` on its target; `bootstrap`: with resamples for CIs; `multitype`: DAPO's per-type
+    segmentation."""
+
+    model: Model
+    bootstrap: bool = False
+    multitype: bool = False
 
 
 @dataclass
@@ -555,4 +561,4 @@ class Study:
         return Page(self, name, out_dir)
 
 
-__all__ = ["Study", "Model", "EvalJob", "Evaluation", "models_of", "SMOKE_BANNER", "WILDCARD"]
+__all__ = ["Study", "Model", "OfModel", "EvalJob", "Evaluation", "models_of", "SMOKE_BANNER", "WILDCARD"]

@@ -28,11 +28,11 @@ from ..errors import ConfigError, SSVPError
 from ..methods import method_spec
 from .catalog import PAGES
 from .costs import FlopCount, Throughput, cost_key, describe_backbones, published_sizes, read_counts, resolved_precision
-from .experiments import EvalJob, Model, Study
+from .experiments import EvalJob, Model, OfModel, Study
 
 
 @dataclass
-class PlannedJob:
+class PlannedJob(OfModel):
     id: str
     kind: str  # "train" | "evaluate"
     model: Model
@@ -48,14 +48,6 @@ class PlannedJob:
     rate: str = ""  # where the sustained TFLOP/s comes from
     peak_memory_mb: float = math.nan
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def method(self) -> str:
-        return self.model.method
-
-    @property
-    def target(self) -> str:
-        return self.model.target
 
 
 @dataclass
